@@ -52,7 +52,7 @@ class EnergyConfig:
     movement_spawning: bool = True
     position_memory: bool = True
     position_history: int = 5
-    cleanup_interval: int = 10  # lattice steps between cleanup_memory_safe calls
+    cleanup_interval: int = 10  # lattice steps between cleanup_memory_safe calls; 0 = never
     cleanup_threshold_bytes: int = 20 * 2**30  # release cached device memory above this
     rounding: str = "arithmetic"  # loop | broadcast | arithmetic
     flow_init: str = "batched"  # loop | batched
@@ -65,7 +65,6 @@ class EnergyConfig:
             "lattice_width", "lattice_height", "lattice_depth", "batch_size", "max_flows",
             "carrier_hidden", "carrier_layers", "neuron_hidden", "neuron_output",
             "grad_accumulation", "embedding_dim", "mapper_hidden", "position_history",
-            "cleanup_interval",
         )
         for name in positive:
             value = getattr(self, name)
@@ -75,6 +74,10 @@ class EnergyConfig:
             raise ConfigError(
                 f"lattice_width and lattice_height must be >= 2, got "
                 f"{self.lattice_width}x{self.lattice_height}"
+            )
+        if not isinstance(self.cleanup_interval, int) or self.cleanup_interval < 0:
+            raise ConfigError(
+                f"cleanup_interval must be >= 0 (0 = never), got {self.cleanup_interval!r}"
             )
         if self.max_steps is not None and self.max_steps <= 0:
             raise ConfigError(f"max_steps must be positive or None, got {self.max_steps!r}")

@@ -28,6 +28,9 @@ class Workspace(Protocol):
     def end_step(self) -> None:
         """Called once per forward pass, after every scratch tensor was released."""
 
+    def pool_stats(self) -> dict[str, dict[str, int]]:
+        """Per category: hits, misses, held_bytes, live_bytes, peak_bytes, acquisitions, releases."""
+
 
 class TorchWorkspace:
     """Plain torch allocation (the default); ``release`` is a no-op."""
@@ -45,3 +48,7 @@ class TorchWorkspace:
 
     def end_step(self):
         return None
+
+    def pool_stats(self) -> dict[str, dict[str, int]]:
+        """Per-category pool statistics; plain allocation has none."""
+        return {}
