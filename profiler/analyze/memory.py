@@ -1,0 +1,219 @@
+"""Pure memory analyses: DataFrames in, DataFrames / dicts out. No I/O.
+
+Inputs are the attributed allocation events of ``profiler.parse.trace.attribute_memory``
+(ts_us, step, bytes, total_allocated, device, addr, op, region) and ``steps.csv``
+rows (``profiler.rundir.STEPS_COLUMNS``). Memory in bytes, times in microseconds.
+
+Ownership: an allocation belongs to its own category; a free belongs to the
+category of the allocation it releases (the latest earlier allocation at the
+same address on the same device). A free whose allocation precedes the window
+is charged to ``other``, so ``other`` may show negative live bytes. With this
+rule the live bytes of all categories sum, at every instant, to the allocator's
+change since the window began.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from profiler.rundir import MEMORY_COLUMNS, OTHER_REGION
+
+FORWARD, BACKWARD, OPTIMIZER = "forward", "backward", "optimizer"
+
+
+def owners(events: pd.DataFrame, label: str) -> pd.Series:
+    """Per event, the ``label`` column value of the allocation owning its block (see module doc)."""
+    ev = events[["device", "addr", "ts_us", "bytes", label]]
+    order = ev.sort_values(["device", "addr", "ts_us"], kind="stable")
+    same_block = (order["device"].eq(order["device"].shift())
+                  & order["addr"].eq(order["addr"].shift()))
+    prev_alloc = order["bytes"].shift().gt(0) & same_block
+    prev_label = order[label].shift()
+    out = order[label].copy()
+    frees = order["bytes"] < 0
+    out[frees & prev_alloc] = prev_label[frees & prev_alloc]
+    out[frees & ~prev_alloc] = OTHER_REGION
+    return out.reindex(events.index)
+
+
+def free_times(events: pd.DataFrame) -> pd.Series:
+    """Per allocation event, the ts_us of the free releasing it (NaN if not freed in the window)."""
+    order = events.sort_values(["device", "addr", "ts_us"], kind="stable")
+    same_block = (order["device"].eq(order["device"].shift(-1))
+                  & order["addr"].eq(order["addr"].shift(-1)))
+    nxt_free = order["bytes"].shift(-1).lt(0) & same_block & order["bytes"].gt(0)
+    out = pd.Series(np.nan, index=order.index)
+    out[nxt_free] = order["ts_us"].shift(-1)[nxt_free]
+    return out.reindex(events.index)
+
+
+def event_phases(events: pd.DataFrame, marks: pd.DataFrame, ts: pd.Series | None = None) -> pd.Series:
+    """Phase (forward|backward|optimizer|other) of each timestamp from phase-end markers.
+
+    ``marks``: step, phase, ts_us of each phase end. A time belongs to the phase
+    of the first marker at or after it within the same step; after the
+    optimizer marker it is ``other``.
+    """
+    ts = events["ts_us"] if ts is None else ts
+    if marks.empty:
+        return pd.Series("other", index=events.index)
+    m = marks.sort_values("ts_us")
+    idx = np.searchsorted(m["ts_us"].to_numpy(), ts.to_numpy(), side="left")
+    valid = idx < len(m)
+    safe = np.clip(idx, 0, len(m) - 1)
+    phase = np.where(valid, m["phase"].to_numpy()[safe], "other")
+    same_step = valid & (m["step"].to_numpy()[safe] == events["step"].to_numpy())
+    return pd.Series(np.where(same_step, phase, "other"), index=events.index)
+
+
+def assign_roles(events: pd.DataFrame, marks: pd.DataFrame,
+                 probes: Iterable[tuple[float, Mapping[int, str]]]) -> pd.Series:
+    """Tensor role of each event: parameter, gradient, optimizer_state, activation, temporary, other.
+
+    Method, in order, for each allocation (a free takes its allocation's role):
+    1. ``probes``: (ts_us, {address: role}) snapshots of the workload's parameters,
+       gradients and optimizer state taken at phase ends. An allocation whose
+       address is in a snapshot and that is live at the snapshot time has that role.
+    2. activation: allocated in the forward phase, freed in the backward or
+       optimizer phase of the same step (saved for backward, released by autograd).
+    3. temporary: allocated and freed within the same phase of the same step.
+    4. other: anything else (freed in a later step, never freed in the window, or
+       allocated outside the phases).
+    """
+    alloc = events["bytes"] > 0
+    freed_at = free_times(events)
+    alloc_phase = event_phases(events, marks)
+    free_phase = event_phases(events, marks, freed_at.fillna(np.inf))
+    role = pd.Series("other", index=events.index, dtype=object)
+    same_phase = alloc & freed_at.notna() & (alloc_phase == free_phase) & (alloc_phase != "other")
+    role[same_phase] = "temporary"
+    activation = (alloc & freed_at.notna() & (alloc_phase == FORWARD)
+                  & free_phase.isin([BACKWARD, OPTIMIZER]))
+    role[activation] = "activation"
+    ts = events["ts_us"]
+    end = freed_at.fillna(np.inf)
+    for probe_ts, by_addr in probes:
+        if not by_addr:
+            continue
+        hit_role = events["addr"].map(by_addr)
+        hit = alloc & hit_role.notna() & (ts <= probe_ts) & (end >= probe_ts)
+        role[hit] = hit_role[hit]
+    events = events.assign(_role=role)
+    return owners(events, "_role")
+
+
+def category_stats(events: pd.DataFrame, category: str, view: str, steps: Iterable[int],
+                   categories: Iterable[str]) -> pd.DataFrame:
+    """Per step and category: ``profiler.rundir.MEMORY_COLUMNS`` rows for one view.
+
+    ``events[category]`` must already hold the owning category (see ``owners``).
+    live_bytes: net bytes of the category allocated since the window began, at
+    step end. peak_bytes: the highest such value within the step (starting from
+    the previous step's live value). alloc/free counts and bytes are the events
+    of the step (free_bytes positive). Pool columns stay empty.
+    """
+    steps = sorted(set(steps))
+    cats = list(dict.fromkeys(list(categories) + sorted(set(events[category]) - set(categories))))
+    ev = events.sort_values("ts_us", kind="stable")
+    rows = []
+    for cat in cats:
+        e = ev[ev[category] == cat]
+        cum = e["bytes"].cumsum()
+        live = 0
+        for s in steps:
+            in_step = e["step"] == s
+            b = e["bytes"][in_step]
+            peak = max([live] + cum[in_step].tolist())
+            if in_step.any():
+                live = int(cum[in_step].iloc[-1])
+            rows.append({
+                "step": s, "view": view, "category": cat, "live_bytes": live,
+                "peak_bytes": int(peak), "alloc_count": int((b > 0).sum()),
+                "alloc_bytes": int(b[b > 0].sum()), "free_count": int((b < 0).sum()),
+                "free_bytes": int(-b[b < 0].sum()), "pool_hits": None, "pool_misses": None,
+            })
+    return pd.DataFrame(rows, columns=list(MEMORY_COLUMNS))
+
+
+def pool_rows(step: int, pool_stats: Mapping[str, Mapping[str, int]]) -> list[dict[str, Any]]:
+    """``memory_by_category.csv`` rows (view "pool") from a workspace's ``pool_stats()``."""
+    rows = []
+    for cat, st in sorted(pool_stats.items()):
+        rows.append({
+            "step": step, "view": "pool", "category": cat,
+            "live_bytes": st.get("live_bytes"), "peak_bytes": st.get("peak_bytes"),
+            "alloc_count": st.get("acquisitions"), "alloc_bytes": st.get("held_bytes"),
+            "free_count": st.get("releases"), "free_bytes": None,
+            "pool_hits": st.get("hits"), "pool_misses": st.get("misses"),
+        })
+    return rows
+
+
+def attribution_check(events: pd.DataFrame, category: str, device: str,
+                      tolerance_bytes: int) -> dict[str, Any]:
+    """Sum over categories of signed bytes vs the allocator's own total change, for one device.
+
+    allocator_total_bytes = total_allocated after the last event - total_allocated
+    before the first event (= first event's total - its bytes). ``ok`` when they
+    differ by at most ``tolerance_bytes``.
+    """
+    ev = events[events["device"] == device].sort_values("ts_us", kind="stable")
+    if ev.empty:
+        return {"device": device, "events": 0, "sum_categories_bytes": 0,
+                "allocator_total_bytes": 0, "tolerance_bytes": tolerance_bytes, "ok": True,
+                "by_category": {}}
+    by_cat = ev.groupby(category)["bytes"].sum()
+    total = int(ev["total_allocated"].iloc[-1]
+                - (ev["total_allocated"].iloc[0] - ev["bytes"].iloc[0]))
+    summed = int(by_cat.sum())
+    return {"device": device, "events": int(len(ev)), "sum_categories_bytes": summed,
+            "allocator_total_bytes": total, "tolerance_bytes": tolerance_bytes,
+            "ok": abs(summed - total) <= tolerance_bytes,
+            "by_category": {str(k): int(v) for k, v in by_cat.items()}}
+
+
+def memory_growth(steps_df: pd.DataFrame, *, min_steps: int = 10,
+                  abs_threshold_bytes: float = 1 << 20, rel_threshold: float = 0.01
+                  ) -> dict[str, Any]:
+    """Memory growth per step over the measured (non-warm-up) steps, with a leak verdict.
+
+    Metric: ``allocated_bytes`` when recorded (the allocator: exact), else
+    ``rss_bytes`` (process RSS: noisier). Output keys:
+    - metric: the column used; steps: measured steps used;
+    - start_bytes / end_bytes: median of the first / last quarter of those steps;
+    - growth_bytes_per_step: least-squares slope of the metric over the step index;
+    - growth_bytes_total: slope * (steps - 1);
+    - threshold_bytes: max(abs_threshold_bytes, rel_threshold * start_bytes);
+    - verdict: "leak" when both the fitted total growth and the last-minus-first
+      quarter difference exceed the threshold, "stable" otherwise,
+      "insufficient data" under ``min_steps`` measured steps.
+    """
+    df = steps_df
+    if "phase" in df:
+        df = df[df["phase"] == "measured"]
+    metric = "allocated_bytes"
+    if metric not in df or df[metric].isna().all():
+        metric = "rss_bytes"
+    df = df.dropna(subset=[metric]) if metric in df else df.iloc[0:0]
+    out: dict[str, Any] = {"metric": metric, "steps": int(len(df)), "start_bytes": None,
+                           "end_bytes": None, "growth_bytes_per_step": None,
+                           "growth_bytes_total": None, "threshold_bytes": None,
+                           "verdict": "insufficient data"}
+    if len(df) < min_steps:
+        return out
+    x = df["step"].to_numpy(dtype=np.float64)
+    y = df[metric].to_numpy(dtype=np.float64)
+    slope = float(np.polyfit(x, y, 1)[0])
+    q = max(1, len(df) // 4)
+    start, end = float(np.median(y[:q])), float(np.median(y[-q:]))
+    threshold = max(abs_threshold_bytes, rel_threshold * start)
+    total = slope * (x[-1] - x[0])
+    leak = total > threshold and (end - start) > threshold
+    out.update(start_bytes=start, end_bytes=end, growth_bytes_per_step=slope,
+               growth_bytes_total=total, threshold_bytes=threshold,
+               verdict="leak" if leak else "stable")
+    return out
