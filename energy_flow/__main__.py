@@ -1,0 +1,135 @@
+"""Command line: ``python -m energy_flow train|bench ...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+from energy_flow.config import PRESET_NAMES, ConfigError, make_config, parse_override
+from energy_flow.data import DataError, SyntheticPairs, load_pairs
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda requested but CUDA is not available")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be cpu, cuda or auto, got {name!r}")
+    return torch.device(name)
+
+
+def _config(args: argparse.Namespace):
+    overrides = dict(parse_override(text) for text in args.set)
+    return make_config(args.preset, **overrides)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from energy_flow.trainer import Trainer
+
+    config = _config(args)
+    device = _device(args.device)
+    if args.steps <= 0:
+        raise ConfigError(f"--steps must be positive, got {args.steps}")
+    trainer = Trainer(config, device)
+    if args.resume:
+        trainer.load_checkpoint(args.resume)
+    pairs = None
+    if args.data:
+        pairs = load_pairs(args.data, config.embedding_dim)
+    synthetic = SyntheticPairs(config.embedding_dim, seed=config.seed)
+    print(f"train: preset={config.preset} device={device} steps={args.steps} "
+          f"lattice={config.lattice_width}x{config.lattice_height}x{config.lattice_depth} "
+          f"batch={config.batch_size} flows={config.initial_flows}", file=sys.stderr)
+    last_report = time.perf_counter()
+    losses: list[float] = []
+    for i in range(args.steps):
+        if pairs is None:
+            inputs, targets = synthetic.batch(config.batch_size, trainer.step, device)
+        else:
+            n = pairs[0].shape[0]
+            idx = torch.arange(i * config.batch_size, (i + 1) * config.batch_size) % n
+            inputs, targets = pairs[0][idx].to(device), pairs[1][idx].to(device)
+        start = time.perf_counter()
+        result = trainer.train_step(inputs, targets)
+        _sync(device)
+        ms = (time.perf_counter() - start) * 1e3
+        losses.append(result.loss)
+        if args.jsonl:
+            record = {"step": result.step, "loss": result.loss, "ms": round(ms, 3),
+                      "flows_created": result.flows_created,
+                      "flows_completed": result.flows_completed,
+                      "flows_live_peak": result.flows_live_peak,
+                      "steps_taken": result.steps_taken, "flow_steps": result.flow_steps,
+                      "skipped": result.skipped, "grad_norm": result.grad_norm,
+                      "lr": result.lr}
+            print(json.dumps(record), flush=True)
+        now = time.perf_counter()
+        if now - last_report >= 1.0 or i + 1 == args.steps or i == 0:
+            print(f"step {i + 1}/{args.steps} loss {result.loss:.6f} {ms:.1f} ms "
+                  f"flows {result.flows_created} completed {result.flows_completed} "
+                  f"skipped {trainer.skipped_steps}", file=sys.stderr, flush=True)
+            last_report = now
+    if args.checkpoint:
+        trainer.save_checkpoint(args.checkpoint)
+        print(f"checkpoint written to {args.checkpoint}", file=sys.stderr)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from energy_flow import bench
+
+    return bench.main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m energy_flow")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train on synthetic pairs (or --data FILE.pt)")
+    train.add_argument("--preset", default="debug", choices=PRESET_NAMES)
+    train.add_argument("--steps", type=int, default=20)
+    train.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    train.add_argument("--jsonl", action="store_true", help="one JSON object per step on stdout")
+    train.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                       help="override a config field (repeatable)")
+    train.add_argument("--data", help=".pt file with input_embeddings/target_embeddings")
+    train.add_argument("--checkpoint", help="write a checkpoint here at the end")
+    train.add_argument("--resume", help="load this checkpoint before training")
+    train.set_defaults(func=cmd_train)
+    bench_parser = sub.add_parser("bench", help="benchmarks: train step vs GRU floor, init, "
+                                                "quantization")
+    bench_parser.add_argument("--preset", action="append", choices=PRESET_NAMES,
+                              help="preset(s) for the training figures (default: debug, "
+                                   "experiment)")
+    bench_parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    bench_parser.add_argument("--steps", type=int, default=5, help="measured training steps")
+    bench_parser.add_argument("--warmup", type=int, default=2)
+    bench_parser.add_argument("--repeats", type=int, default=5)
+    bench_parser.add_argument("--only", action="append",
+                              choices=("train", "flow_init", "quantize"),
+                              help="run only these parts (repeatable)")
+    bench_parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    bench_parser.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

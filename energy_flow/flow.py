@@ -1,0 +1,238 @@
+"""FlowProcessor: moves every live flow one lattice step at a time, all at once.
+
+Per step: neuron -> carrier -> move (clamp, reflect, noise) -> terminate on the
+planes z = -1 / z = +1 -> spawn children -> compact the live set. The only host
+sync per step is one small list of counts (live flows next step, completions,
+spawns) that the loop condition needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from energy_flow.config import EnergyConfig
+from energy_flow.lattice import EnergyLattice, FlowState, quantize
+from energy_flow.modules import EnergyCarrier, SimpleNeuron
+from energy_flow.regions import region
+from energy_flow.workspace import Workspace
+
+
+def reflect_xy(positions: Tensor) -> Tensor:
+    """Mirror x/y overshoot about the walls: x < -1 -> -2 - x, x > 1 -> 2 - x."""
+    xy = positions[:, :2]
+    xy = torch.where(xy < -1.0, -2.0 - xy, torch.where(xy > 1.0, 2.0 - xy, xy))
+    return torch.cat([xy, positions[:, 2:]], dim=1)
+
+
+def advance(positions: Tensor, displacement: Tensor, noise: Tensor | None,
+            reflection: bool) -> tuple[Tensor, Tensor]:
+    """Move flows; returns (next positions [N, 3] in [-1, 1], plane [N] int8: 0 live, -1/+1 completed).
+
+    The displacement is already clamped to +-0.5 per component. With reflection
+    on, x/y overshoot is mirrored back before the clamp (a clamp first would
+    leave nothing to reflect); the clamp then bounds every component. Noise
+    is added after that and the same reflect + clamp runs again. A flow whose
+    z reaches -1 or +1 is completed there (z is exactly on the plane).
+    """
+    moved = positions + displacement
+    if reflection:
+        moved = reflect_xy(moved)
+    moved = moved.clamp(-1.0, 1.0)
+    if noise is not None:
+        moved = moved + noise
+        if reflection:
+            moved = reflect_xy(moved)
+        moved = moved.clamp(-1.0, 1.0)
+    z = moved[:, 2].detach()
+    plane = (z >= 1.0).to(torch.int8) - (z <= -1.0).to(torch.int8)
+    return moved, plane
+
+
+def collect_weight(energy: Tensor, distance: Tensor, age: Tensor) -> Tensor:
+    """w = |e| / (1 + distance to the plane) * (1 + 0.1 * steps)."""
+    return energy.abs() / (1.0 + distance) * (1.0 + 0.1 * age.to(energy.dtype))
+
+
+@dataclass
+class FlowRun:
+    """What one forward's flow loop produced: collection records and counters."""
+
+    keys: list[Tensor] = field(default_factory=list)
+    weights: list[Tensor] = field(default_factory=list)
+    energies: list[Tensor] = field(default_factory=list)
+    moved: list[Tensor] = field(default_factory=list)  # per record: flow left its origin (bool)
+    created: int = 0
+    completed: int = 0
+    projected: int = 0
+    live_peak: int = 0
+    steps_taken: int = 0
+    flow_steps: int = 0
+
+
+class FlowProcessor:
+    """Runs the lattice steps of one forward pass."""
+
+    def __init__(self, config: EnergyConfig, neuron: SimpleNeuron, carrier: EnergyCarrier,
+                 lattice: EnergyLattice, workspace: Workspace):
+        self.config = config
+        self.neuron = neuron
+        self.carrier = carrier
+        self.lattice = lattice
+        self.workspace = workspace
+
+    def run(self, state: FlowState, batch_size: int, training: bool,
+            scratch: list[Tensor]) -> FlowRun:
+        """Move the flows until none is live, convergence or the step limit.
+
+        Workspace tensors taken here are appended to ``scratch``; the caller
+        releases them once the forward pass no longer needs them.
+        """
+        cfg, ws = self.config, self.workspace
+        spill = batch_size * cfg.surface_size
+        run = FlowRun(created=state.count, live_peak=state.count)
+        best_completed, stale = 0, 0
+        for step in range(cfg.steps_limit):
+            n = state.count
+            if n == 0:
+                break
+            run.steps_taken += 1
+            run.flow_steps += n
+            with region("neuron"):
+                features = self.neuron(state.positions, state.energy)
+            with region("carrier"):
+                history = state.history if cfg.position_memory else None
+                energy, displacement, hidden = self.carrier(
+                    features, state.energy, state.hidden, history)
+                noise = None
+                if training and cfg.exploration_noise > 0:
+                    noise = ws.empty((n, 3), dtype=torch.float32, device=state.positions.device,
+                                     category="noise").normal_(0.0, cfg.exploration_noise)
+                    scratch.append(noise)
+                nxt, plane = advance(state.positions, displacement.float(), noise,
+                                     cfg.boundary_reflection)
+                completed = plane != 0
+            with region("collect"):
+                self._record(run, state, nxt, energy, completed, spill, scratch)
+            with region("spawn"):
+                state, counts = self._next_state(state, nxt, energy, hidden, completed,
+                                                 run.created, scratch)
+            live, done, spawned = counts
+            run.completed += done
+            run.created += spawned
+            run.live_peak = max(run.live_peak, live)
+            if cfg.cleanup_interval and (step + 1) % cfg.cleanup_interval == 0:
+                cleanup_memory_safe(nxt.device, cfg.cleanup_threshold_bytes)
+            if run.completed > best_completed:
+                best_completed, stale = run.completed, 0
+            else:
+                stale += 1
+            if step + 1 >= cfg.convergence_min_steps and (
+                run.completed >= cfg.convergence_threshold * run.created
+                or stale >= cfg.convergence_patience
+            ):
+                break
+        if state.count:
+            with region("collect"):
+                self._project(run, state, scratch)
+        return run
+
+    def _record(self, run: FlowRun, state: FlowState, nxt: Tensor, energy: Tensor,
+                completed: Tensor, spill: int, scratch: list[Tensor]) -> None:
+        """Collection records for this step: completed flows keyed, the rest sent to the spill bin."""
+        cfg = self.config
+        n, device = state.count, nxt.device
+        keys = self.workspace.empty((n,), dtype=torch.long, device=device, category="collect")
+        scratch.append(keys)
+        cell = quantize(nxt, cfg)
+        torch.add(state.batch * cfg.surface_size, cell, out=keys)
+        keys.masked_fill_(~completed, spill)
+        # A completed flow sits on its plane: distance 0; it has lived age + 1 steps.
+        weight = collect_weight(energy, torch.zeros_like(energy), state.age + 1)
+        run.keys.append(keys)
+        run.weights.append(weight)
+        run.energies.append(energy)
+        run.moved.append((nxt.detach() != state.origin).any(dim=1) & completed)
+
+    def _project(self, run: FlowRun, state: FlowState, scratch: list[Tensor]) -> None:
+        """Flows still inside at the end go to the nearer plane and are collected."""
+        cfg = self.config
+        z = state.positions[:, 2]
+        distance = 1.0 - z.abs()
+        cell = quantize(state.positions, cfg)
+        keys = state.batch * cfg.surface_size + cell
+        run.keys.append(keys)
+        run.weights.append(collect_weight(state.energy, distance, state.age))
+        run.energies.append(state.energy)
+        run.moved.append((state.positions.detach() != state.origin).any(dim=1))
+        run.projected = state.count
+
+    def _next_state(self, state: FlowState, nxt: Tensor, energy: Tensor, hidden: Tensor,
+                    completed: Tensor, next_id: int,
+                    scratch: list[Tensor]) -> tuple[FlowState, list[int]]:
+        """Drop completed flows, add spawned children after their parents (capacity permitting)."""
+        cfg, ws = self.config, self.workspace
+        n, device = state.count, nxt.device
+        keep = ~completed
+        if cfg.movement_spawning and cfg.max_spawn_per_step > 0:
+            length = (nxt.detach() - state.positions.detach()).norm(dim=1)
+            want = (torch.floor(length / cfg.spawn_threshold) - 1).clamp_(0, cfg.max_spawn_per_step)
+            want = want.long() * keep
+            room = cfg.max_flows - keep.sum()
+            before = torch.cumsum(want, 0) - want
+            children = torch.minimum(want, (room - before).clamp_min(0))
+        else:
+            children = torch.zeros(n, dtype=torch.long, device=device)
+        repeats = keep.long() + children
+        live, done, spawned = torch.stack(
+            [repeats.sum(), completed.sum(), children.sum()]).tolist()  # the step's host sync
+        counts = [live, done, spawned]
+        history = ws.empty(tuple(state.history.shape), dtype=torch.float32, device=device,
+                           category="flow_state")
+        scratch.append(history)
+        history[:, :-1] = state.history[:, 1:]
+        history[:, -1] = nxt.detach()
+        if spawned == 0 and done == 0:
+            state = FlowState(positions=nxt, energy=energy, hidden=hidden, batch=state.batch,
+                              age=state.age + 1, flow_id=state.flow_id, parent=state.parent,
+                              origin=state.origin, history=history)
+            return state, counts
+        src = torch.repeat_interleave(torch.arange(n, device=device), repeats, output_size=live)
+        first = torch.cumsum(repeats, 0) - repeats
+        is_child = torch.arange(live, device=device) - first[src] > 0  # [live]
+        child = is_child[:, None]
+        new_ids = next_id - 1 + torch.cumsum(is_child.long(), 0)  # ids of children
+        hist_new = ws.empty((live,) + tuple(history.shape[1:]), dtype=torch.float32,
+                            device=device, category="flow_state")
+        scratch.append(hist_new)
+        torch.where(child[:, :, None], state.history[src], history[src], out=hist_new)
+        state = FlowState(
+            positions=torch.where(child, state.positions[src], nxt[src]),
+            energy=energy[src],
+            hidden=hidden.index_select(1, src),
+            batch=state.batch[src],
+            age=torch.where(is_child, 0, state.age[src] + 1),
+            flow_id=torch.where(is_child, new_ids, state.flow_id[src]),
+            parent=torch.where(is_child, state.flow_id[src], state.parent[src]),
+            origin=torch.where(child, state.positions.detach()[src], state.origin[src]),
+            history=hist_new,
+        )
+        return state, counts
+
+
+def cleanup_memory_safe(device: torch.device, threshold_bytes: int) -> bool:
+    """Release cached (not live) device memory when the cache exceeds the threshold.
+
+    Finished flows' storage is already dropped when the live set is compacted
+    each step; this only returns the allocator's unused cache to the device.
+    Returns True when memory was released. No effect on CPU.
+    """
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    reserved = torch.cuda.memory_reserved(device)
+    if reserved - torch.cuda.memory_allocated(device) <= threshold_bytes:
+        return False
+    torch.cuda.empty_cache()
+    return True

@@ -1,0 +1,115 @@
+"""The learned parts of the model: EmbeddingMapper, SimpleNeuron, EnergyCarrier."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from energy_flow.config import EnergyConfig
+
+
+class EmbeddingMapper(nn.Module):
+    """768-d embedding -> energy on the W*H surface (row-major [H, W])."""
+
+    def __init__(self, config: EnergyConfig):
+        super().__init__()
+        hidden, surface = config.mapper_hidden, config.surface_size
+        self.encode = nn.Sequential(
+            nn.Linear(config.embedding_dim, hidden), nn.GELU(), nn.LayerNorm(hidden),
+            nn.Linear(hidden, surface), nn.Tanh(),
+        )
+        self.scale = nn.Parameter(torch.ones(()))
+        self.bias = nn.Parameter(torch.zeros(()))
+        self.positional = nn.Parameter(
+            0.02 * torch.randn(config.lattice_height, config.lattice_width)
+        )
+
+    def forward(self, embeddings: Tensor) -> Tensor:
+        surface = self.encode(embeddings) * self.scale + self.bias  # [B, S]
+        return surface + self.positional.flatten()
+
+
+class SurfaceCollector(nn.Module):
+    """The reverse direction, surface [B, S] -> 768-d embedding (inference only, not in the loss)."""
+
+    def __init__(self, config: EnergyConfig):
+        super().__init__()
+        hidden = config.mapper_hidden
+        self.decode = nn.Sequential(
+            nn.Linear(config.surface_size, hidden), nn.GELU(), nn.LayerNorm(hidden),
+            nn.Linear(hidden, config.embedding_dim),
+        )
+
+    def forward(self, surface: Tensor) -> Tensor:
+        return F.normalize(self.decode(surface), dim=-1)
+
+
+class SimpleNeuron(nn.Module):
+    """(position [N, 3], energy [N, 1]) -> features [N, neuron_output]; positions are already normalized."""
+
+    def __init__(self, config: EnergyConfig):
+        super().__init__()
+        hidden = config.neuron_hidden
+        self.net = nn.Sequential(
+            nn.Linear(4, hidden), nn.LayerNorm(hidden), nn.GELU(),
+            nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.GELU(),
+            nn.Linear(hidden, config.neuron_output),
+        )
+
+    def forward(self, positions: Tensor, energy: Tensor) -> Tensor:
+        return self.net(torch.cat([positions, energy[:, None]], dim=1))
+
+
+class EnergyCarrier(nn.Module):
+    """One GRU step for every live flow, then the energy and displacement heads.
+
+    Inputs: features [N, F], energy [N], hidden [L, N, Hc] (None = zeros) and
+    the position history [N, P, 3]. Returns (new energy [N], displacement
+    [N, 3] clamped to +-0.5, new hidden [L, N, Hc]).
+    """
+
+    def __init__(self, config: EnergyConfig):
+        super().__init__()
+        hc = config.carrier_hidden
+        self.clamp = config.gru_clamp
+        self.gru = nn.GRU(config.neuron_output + 1, hc, config.carrier_layers)
+        self.energy_head = nn.Sequential(
+            nn.Linear(hc, max(1, hc // 2)), nn.GELU(), nn.Linear(max(1, hc // 2), 1), nn.Tanh(),
+        )
+        self.displacement_head = nn.Sequential(nn.Linear(hc, 64), nn.GELU(), nn.Linear(64, 3))
+        self.position_memory: nn.Linear | None = None
+        self.fuse: nn.Linear | None = None
+        if config.position_memory:
+            memory = max(1, hc // 4)
+            self.position_memory = nn.Linear(3 * config.position_history, memory)
+            self.fuse = nn.Linear(hc + memory, hc)
+        self._init_gru()
+
+    def _init_gru(self) -> None:
+        hc = self.gru.hidden_size
+        for name, param in self.gru.named_parameters():
+            if name.startswith("weight_ih"):
+                nn.init.xavier_uniform_(param)
+            elif name.startswith("weight_hh"):
+                for gate in range(3):
+                    nn.init.orthogonal_(param.data[gate * hc:(gate + 1) * hc])
+            elif name.startswith("bias_ih"):
+                param.data.zero_()
+                param.data[hc:2 * hc] = 1.0  # update gate (PyTorch gate order: r, z, n)
+            else:
+                param.data.zero_()
+
+    def forward(self, features: Tensor, energy: Tensor, hidden: Tensor | None,
+                history: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        x = torch.cat([features, energy[:, None]], dim=1).float()  # [N, F+1]
+        x = torch.nan_to_num(x, nan=0.0).clamp(-self.clamp, self.clamp)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            out, new_hidden = self.gru(x[None], hidden)  # out [1, N, Hc]; hidden [L, N, Hc]
+        out = torch.nan_to_num(out[0], nan=0.0).clamp(-self.clamp, self.clamp)
+        if self.position_memory is not None and history is not None:
+            memory = self.position_memory(history.flatten(1))  # [N, Hc/4]
+            out = F.gelu(self.fuse(torch.cat([out, memory.to(out.dtype)], dim=1)))
+        new_energy = self.energy_head(out)[:, 0]
+        displacement = self.displacement_head(out).clamp(-0.5, 0.5)
+        return new_energy, displacement, new_hidden
