@@ -1,0 +1,149 @@
+"""The report facade: two loaded runs -> every table the renderers need (no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from profiler.analyze import categories, metadata, metrics, nvml, operators
+from profiler.analyze.memory import memory_growth
+from profiler.analyze.stats import WORSE, StatsConfig
+from profiler.errors import NotComparableError
+from profiler.parse.run import Run
+
+SIDES = ("base", "new")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    top_operators: int = 15
+    force: bool = False  # compare runs that are not comparable
+
+
+@dataclass(frozen=True)
+class Report:
+    names: dict[str, str]  # side -> run name
+    paths: dict[str, str]
+    statuses: dict[str, str]
+    summary: pd.DataFrame  # metrics.SUMMARY_COLUMNS
+    metadata: pd.DataFrame  # metadata.METADATA_COLUMNS
+    operators: pd.DataFrame  # operators.OPERATOR_DELTA_COLUMNS
+    operators_per_step: bool  # operator times are per traced step (else over the window)
+    pool: pd.DataFrame  # categories.POOL_COLUMNS
+    nvml_peaks: dict[str, pd.DataFrame]  # side -> nvml.NVML_PEAK_COLUMNS
+    nvml_reconcile: dict[str, pd.DataFrame]  # side -> nvml.RECONCILE_COLUMNS
+    nvml_notes: dict[str, str]  # side -> why NVML is unavailable ("" when available)
+    growth: dict[str, dict[str, Any]]  # side -> analyze.memory.memory_growth() result
+    timelines: dict[str, pd.DataFrame]  # side -> categories.category_timeline (region view)
+    warmup_steps: dict[str, int]
+    step_times: dict[str, np.ndarray]  # side -> measured wall_ms samples
+    peaks: pd.DataFrame  # index category, columns base / new: region peak bytes
+    warnings: tuple[str, ...]
+    not_comparable: tuple[str, ...]  # problems overridden by force
+    stats: StatsConfig
+
+
+def build_report(base: Run, new: Run, config: ReportConfig) -> Report:
+    """Compare ``base`` and ``new``; raises NotComparableError unless ``config.force``."""
+    problems = metadata.comparability_problems(base.meta, new.meta)
+    if problems and not config.force:
+        raise NotComparableError(
+            f"runs {base.name} and {new.name} are not comparable: " + "; ".join(problems)
+            + " (use --force to compare anyway)")
+    runs = {"base": base, "new": new}
+    samples = {s: metrics.step_samples(r.steps) for s, r in runs.items()}
+    cats = {s: metrics.category_samples(r.memory, r.steps) for s, r in runs.items()}
+    region_peaks = {s: categories.category_peaks(r.memory, r.steps) for s, r in runs.items()}
+    base_peaks = {}
+    for view in metrics.VIEWS:
+        for cat, value in categories.category_peaks(base.memory, base.steps, view).items():
+            base_peaks[f"{view}/{cat}"] = float(value)
+    summary = pd.concat([
+        metrics.compare_metrics(metrics.STEP_METRICS, samples["base"], samples["new"],
+                                config.stats),
+        metrics.compare_metrics(
+            metrics.category_specs(list(cats["base"].columns), list(cats["new"].columns),
+                                   base_peaks),
+            cats["base"], cats["new"], config.stats),
+        _nvml_metrics(base, new, config.stats),
+    ], ignore_index=True)
+    warnings = [*base.warnings, *new.warnings]
+    if problems:
+        warnings.append("runs are not comparable (compared with --force): " + "; ".join(problems))
+    b_traced, n_traced = _traced_steps(base.meta), _traced_steps(new.meta)
+    return Report(
+        names={s: r.name for s, r in runs.items()},
+        paths={s: str(r.path) for s, r in runs.items()},
+        statuses={s: r.status for s, r in runs.items()},
+        summary=summary,
+        metadata=metadata.metadata_diff(base.meta, new.meta),
+        operators=operators.operator_deltas(base.operators, new.operators, b_traced, n_traced,
+                                            top=config.top_operators),
+        operators_per_step=bool(b_traced and n_traced),
+        pool=categories.pool_summary(base.memory, base.steps, new.memory, new.steps),
+        nvml_peaks={s: nvml.nvml_peaks(r.nvml) for s, r in runs.items()},
+        nvml_reconcile={s: nvml.reconcile(r.nvml) for s, r in runs.items()},
+        nvml_notes={s: _nvml_note(r) for s, r in runs.items()},
+        growth={s: _growth(r) for s, r in runs.items()},
+        timelines={s: categories.category_timeline(r.memory) for s, r in runs.items()},
+        warmup_steps={s: int((r.steps["phase"] == "warmup").sum()) for s, r in runs.items()},
+        step_times={s: samples[s]["wall_ms"].to_numpy(dtype=np.float64) for s in SIDES},
+        peaks=pd.DataFrame({"base": region_peaks["base"], "new": region_peaks["new"]}),
+        warnings=tuple(warnings),
+        not_comparable=tuple(problems),
+        stats=config.stats,
+    )
+
+
+def regressions(summary: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Gated rows that are worse beyond noise by more than ``threshold`` (a fraction, 0.05
+    for 5%) in their bad direction. Same columns as the summary."""
+    worse = summary[(summary["verdict"] == WORSE) & summary["gated"]]
+    change = np.where(worse["lower_is_better"], worse["ratio"] - 1, 1 - worse["ratio"])
+    return worse[change > threshold]
+
+
+def _nvml_metrics(base: Run, new: Run, stats: StatsConfig) -> pd.DataFrame:
+    tables = {}
+    for side, run in (("base", base), ("new", new)):
+        usable = nvml._usable(run.nvml)
+        columns = {}
+        if not usable.empty:
+            for gpu, group in usable.groupby(usable["gpu"].astype(str)):
+                for field_ in ("used_bytes", "process_bytes", "power_w"):
+                    columns[f"{gpu}/{field_}"] = group[field_].reset_index(drop=True)
+        tables[side] = pd.DataFrame(columns)
+    keys = sorted({c for t in tables.values() for c in t.columns})
+    units = {"used_bytes": ("bytes", "NVML peak used"),
+             "process_bytes": ("bytes", "NVML peak process memory"),
+             "power_w": ("W", "NVML peak power")}
+    specs = []
+    for key in keys:
+        gpu, field_ = key.split("/", 1)
+        unit, label = units[field_]
+        specs.append(metrics.MetricSpec("nvml", f"{label} [gpu {gpu}]", key, unit,
+                                        statistic="max"))
+    return metrics.compare_metrics(specs, tables["base"], tables["new"], stats)
+
+
+def _traced_steps(meta: dict[str, Any]) -> int | None:
+    schedule = (meta.get("trace") or {}).get("schedule") or {}
+    active, repeat = schedule.get("active"), schedule.get("repeat")
+    if isinstance(active, int) and isinstance(repeat, int) and active > 0 and repeat > 0:
+        return active * repeat
+    return None
+
+
+def _nvml_note(run: Run) -> str:
+    info = run.meta.get("nvml") or {}
+    if info.get("available"):
+        return ""
+    return str(info.get("reason") or "NVML not available")
+
+
+def _growth(run: Run) -> dict[str, Any]:
+    return memory_growth(run.steps)

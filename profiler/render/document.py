@@ -1,0 +1,226 @@
+"""A report as a list of blocks, rendered identically by ``markdown`` and ``html``.
+
+Blocks hold plain text only; each renderer escapes it for its own format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from profiler.analyze.report import Report
+from profiler.analyze.stats import BETTER, NOISE, WORSE
+from profiler.render.format import (
+    MISSING,
+    SUMMARY_HEADERS,
+    fmt_delta,
+    fmt_pct,
+    fmt_ratio,
+    fmt_value,
+    summary_cells,
+)
+
+
+@dataclass(frozen=True)
+class Heading:
+    level: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Para:
+    text: str
+
+
+@dataclass(frozen=True)
+class Alert:
+    text: str
+
+
+@dataclass(frozen=True)
+class Table:
+    headers: list[str]
+    rows: list[list[str]]
+    classes: list[str] = field(default_factory=list)  # per row: worse | better | differs | ""
+
+
+@dataclass(frozen=True)
+class Image:
+    name: str  # key of report_plots()
+    caption: str
+
+
+Block = Heading | Para | Alert | Table | Image
+
+SECTIONS = (
+    ("time", "Step time"), ("throughput", "Throughput"), ("memory", "Memory (allocator)"),
+    ("category", "Peak memory per category"), ("allocations", "Allocations per category"),
+)
+
+
+def build_document(report: Report, plots: set[str], gate: float | None = None) -> list[Block]:
+    """Every block of the report in order; ``plots`` names the plots that exist."""
+    names = report.names
+    doc: list[Block] = [Heading(1, f"Performance report: {names['base']} vs {names['new']}")]
+    doc += [Alert(w) for w in report.warnings]
+    doc += [Heading(2, "Runs"), _runs_table(report), Para(_method(report, gate))]
+    doc += _overview(report.summary, gate)
+    summary = report.summary
+    for section, title in SECTIONS:
+        rows = summary[summary["section"] == section]
+        if rows.empty:
+            continue
+        doc += [Heading(2, title), _summary_table(rows)]
+        if section == "time" and "step_time" in plots:
+            doc.append(Image("step_time", "Measured step times (base and new)"))
+        if section == "memory" and "memory_over_steps" in plots:
+            doc.append(Image("memory_over_steps", "Live memory per region over steps"))
+        if section == "category" and "category_peaks" in plots:
+            doc.append(Image("category_peaks", "Peak memory per region category"))
+    doc += _pool(report)
+    doc += _nvml(report)
+    doc += _growth(report)
+    doc += _operators(report)
+    doc += [Heading(2, "Run metadata"),
+            Para("Highlighted rows differ between the runs (name, times and command "
+                 "always differ and are not highlighted)."),
+            _frame_table(report.metadata[["key", "base", "new"]],
+                         ["differs" if d else "" for d in report.metadata["differs"]])]
+    return doc
+
+
+def _runs_table(report: Report) -> Table:
+    rows = []
+    for side in ("base", "new"):
+        rows.append([side, report.names[side], report.paths[side], report.statuses[side],
+                     str(report.warmup_steps[side]), str(report.step_times[side].size)])
+    return Table(["", "run", "path", "status", "warm-up steps", "measured steps"], rows,
+                 ["" if report.statuses[s] == "complete" else "worse" for s in ("base", "new")])
+
+
+def _method(report: Report, gate: float | None) -> str:
+    s = report.stats
+    time_rows = report.summary[report.summary["section"].isin(["time", "throughput"])]
+    noisy = time_rows["noise_pct"].dropna()
+    noisy_text = f"{noisy.max():.1f}%" if not noisy.empty else MISSING
+    text = (
+        f"Statistics over the measured steps only (warm-up excluded). Each per-step metric "
+        f"compares a median or p90; its interval is a {s.confidence:.0%} percentile "
+        f"bootstrap interval of the ratio new/base ({s.resamples} resamples, seed {s.seed}; "
+        f"none with fewer than {s.min_samples} steps on either side). Rows marked 'max' "
+        f"are one number per run and have no interval. "
+        f"Noise threshold: timing metrics max({s.noisy_floor:.0%}, {s.drift_factor:g} x the "
+        f"larger within-run drift between the first and second half of a run) = "
+        f"{noisy_text} here (per row in the 'noise' column); allocator memory metrics "
+        f"{s.deterministic_floor:.0%}. A metric is better or worse only when the ratio is "
+        f"beyond the threshold and the interval excludes 1; otherwise within noise."
+    )
+    if gate is not None:
+        text += (f" Regression gate: a gated metric worse by more than {gate:.1%} "
+                 f"beyond noise fails the comparison.")
+    return text
+
+
+def _overview(summary: pd.DataFrame, gate: float | None) -> list[Block]:
+    counts = summary["verdict"].value_counts()
+    parts = [f"{int(counts.get(v, 0))} {v}" for v in (WORSE, BETTER, NOISE)]
+    blocks: list[Block] = [Heading(2, "Verdict"), Para(f"{len(summary)} metrics: "
+                                                      + ", ".join(parts) + ".")]
+    notable = summary[summary["verdict"].isin([WORSE, BETTER])]
+    if not notable.empty:
+        blocks.append(_summary_table(notable))
+    return blocks
+
+
+def _summary_table(rows: pd.DataFrame) -> Table:
+    cells = [summary_cells(r) for r in rows.to_dict("records")]
+    keys = list(SUMMARY_HEADERS)
+    return Table([SUMMARY_HEADERS[k] for k in keys], [[c[k] for k in keys] for c in cells],
+                 [c["verdict"] if c["verdict"] in (WORSE, BETTER) else "" for c in cells])
+
+
+def _frame_table(frame: pd.DataFrame, classes: list[str] | None = None) -> Table:
+    rows = [["" if pd.isna(v) else str(v) for v in row] for row in frame.itertuples(index=False)]
+    return Table([str(c) for c in frame.columns], rows, classes or [])
+
+
+def _pool(report: Report) -> list[Block]:
+    if report.pool.empty:
+        return []
+    rows = []
+    for r in report.pool.to_dict("records"):
+        rows.append([str(r["category"]),
+                     fmt_value(r["base_hits"], "count"), fmt_value(r["base_misses"], "count"),
+                     fmt_pct(100 * r["base_hit_rate"]),
+                     fmt_value(r["new_hits"], "count"), fmt_value(r["new_misses"], "count"),
+                     fmt_pct(100 * r["new_hit_rate"])])
+    return [Heading(2, "Pool statistics (measured steps)"),
+            Table(["category", "base hits", "base misses", "base hit rate", "new hits",
+                   "new misses", "new hit rate"], rows)]
+
+
+def _nvml(report: Report) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "NVML (device memory, power)")]
+    rows = report.summary[report.summary["section"] == "nvml"]
+    if not rows.empty:
+        blocks.append(_summary_table(rows))
+    for side in ("base", "new"):
+        note = report.nvml_notes[side]
+        if note:
+            blocks.append(Para(f"{side}: NVML unavailable ({note})."))
+        recon = report.nvml_reconcile[side]
+        if not recon.empty:
+            table = [[str(r["gpu"]), fmt_value(r["used_bytes"], "bytes"),
+                      fmt_value(r["torch_allocated_bytes"], "bytes"),
+                      fmt_value(r["torch_cache_bytes"], "bytes"),
+                      fmt_value(r["non_torch_bytes"], "bytes"),
+                      fmt_delta(r["residual_bytes"], "bytes")] for r in recon.to_dict("records")]
+            blocks += [Para(f"{side}: device memory at the peak of NVML used memory = "
+                            f"allocated + allocator cache + non-PyTorch memory:"),
+                       Table(["gpu", "NVML used", "allocated", "allocator cache",
+                              "non-PyTorch", "residual"], table)]
+    return blocks
+
+
+def _growth(report: Report) -> list[Block]:
+    g = report.growth
+    rows = [
+        ["metric", str(g["base"]["metric"]), str(g["new"]["metric"])],
+        ["measured steps used", str(g["base"]["steps"]), str(g["new"]["steps"])],
+    ]
+    for key, label in (("start_bytes", "start (median of first quarter)"),
+                       ("end_bytes", "end (median of last quarter)"),
+                       ("growth_bytes_per_step", "growth per step (least squares)"),
+                       ("growth_bytes_total", "fitted growth over the run"),
+                       ("threshold_bytes", "leak threshold")):
+        fmt = fmt_delta if key.startswith("growth") else fmt_value
+        rows.append([label, fmt(g["base"][key], "bytes"), fmt(g["new"][key], "bytes")])
+    rows.append(["verdict", str(g["base"]["verdict"]), str(g["new"]["verdict"])])
+    leak = ["worse" if g[s]["verdict"] == "leak" else "" for s in ("base", "new")]
+    return [Heading(2, "Memory growth per step"),
+            Table(["", "base", "new"], rows, [""] * (len(rows) - 1)
+                  + ["worse" if any(leak) else ""])]
+
+
+def _operators(report: Report) -> list[Block]:
+    ops = report.operators
+    if ops.empty:
+        return [Heading(2, "Top operators"), Para("No operator tables (operators.csv) in "
+                                                   "either run.")]
+    scope = "per traced step" if report.operators_per_step else "over the traced window"
+    rows = []
+    for r in ops.to_dict("records"):
+        rows.append([str(r["name"]), fmt_value(r["base_count"], "count"),
+                     fmt_value(r["new_count"], "count"),
+                     fmt_value(r["base_self_us"], "us"), fmt_value(r["new_self_us"], "us"),
+                     fmt_delta(r["delta_self_us"], "us"),
+                     fmt_value(r["base_total_us"], "us"), fmt_value(r["new_total_us"], "us"),
+                     fmt_delta(r["delta_self_device_us"], "us"), fmt_ratio(r["ratio_self"])])
+    return [Heading(2, "Top operators by change in self time"),
+            Para(f"From the torch.profiler traces, {scope}; sorted by |delta| of self time."),
+            Table(["operator", "base calls", "new calls", "base self", "new self",
+                   "delta self", "base total", "new total", "delta device self",
+                   "self ratio"], rows,
+                  ["worse" if r["delta_self_us"] > 0 and r["ratio_self"] > 1.05 else ""
+                   for r in ops.to_dict("records")])]
