@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from html import escape
+
 from profiler.render.document import Alert, Block, Heading, Image, Para, Table
 
 
-def _cell(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
 def _text(text: str) -> str:
-    return text.replace("\n", " ")
+    """Run strings may hold markup: escape it so that no Markdown viewer renders it."""
+    return escape(text, quote=False).replace("\n", " ")
+
+
+def _cell(text: str) -> str:
+    return _text(text.replace("\\", "\\\\")).replace("|", "\\|")
 
 
 def render_markdown(blocks: list[Block], plot_dir: str = "plots") -> str:
