@@ -10,17 +10,192 @@ from __future__ import annotations
 import argparse
 import sys
 
-from profiler.errors import ProfilerError
+from profiler.errors import InterruptedRun, ProfilerError, RunDirError, UsageError
 
 
 # --- profile (issue: make profile) -------------------------------------------------------
 def _add_profile(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("profile", help="run the model under instrumentation into runs/<name>/")
+    p = sub.add_parser(
+        "profile", help="run the model under instrumentation into runs/<name>/",
+        description="Train the energy_flow model for a few steps under instrumentation and "
+                    "write a run directory (run.json, steps.csv, memory_by_category.csv, "
+                    "allocations.csv, operators.csv, nvml.csv, traces, TensorBoard scalars).")
+    p.error = _profile_usage_error  # one line on bad options, nothing written
+    p.add_argument("--preset", default="debug",
+                   help="model preset: debug | experiment | optimized (default: debug)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"training steps (default: {DEFAULT_STEPS} in full/light mode)")
+    p.add_argument("--name", default=None,
+                   help="run name, the directory under --out (default: <preset>-<variant>-"
+                        "<mode>-<UTC time>)")
+    p.add_argument("--variant", default="after",
+                   help="model variant: before (historical slow paths) | after (default)")
+    p.add_argument("--pool", default="off",
+                   help="scratch-memory pool: off | simple | managed (default: off)")
+    p.add_argument("--device", default="auto",
+                   help="auto | cpu | cuda[:N] (auto: cuda when available, default)")
+    p.add_argument("--mode", default="full",
+                   help="bare (no instrumentation) | light (allocator stats, NVML, scalars) | "
+                        "full (light + torch.profiler trace window; default)")
+    p.add_argument("--out", default="runs", help="parent directory of run directories")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run directory of the same name")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="FIELD=VALUE", help="override one config field (repeatable)")
+    p.add_argument("--warmup", type=int, default=3,
+                   help="warm-up steps excluded from statistics (default: 3)")
+    p.add_argument("--monitor-interval", type=int, default=10, metavar="STEPS",
+                   help="every STEPS steps: progress line on stderr, steps.csv and scalars "
+                        "flushed (default: 10)")
+    p.add_argument("--nvml-interval", type=float, default=1.0, metavar="S",
+                   help="NVML sample period in seconds, >= 0.5 (default: 1.0)")
+    p.add_argument("--nvml-process-interval", type=float, default=5.0, metavar="S",
+                   help="period of the per-process GPU memory query, seconds (default: 5.0)")
+    p.add_argument("--trace-wait", type=int, default=2,
+                   help="full mode: steps before the profiler warms up (default: 2)")
+    p.add_argument("--trace-warmup", type=int, default=1,
+                   help="full mode: profiler warm-up steps, discarded (default: 1)")
+    p.add_argument("--trace-active", type=int, default=3,
+                   help="full mode: recorded steps per trace window (default: 3)")
+    p.add_argument("--trace-repeat", type=int, default=1,
+                   help="full mode: number of trace windows (default: 1)")
+    p.add_argument("--measure-overhead", action="store_true",
+                   help="light mode: alternate bare and instrumented steps and report the "
+                        "paired-median overhead in run.json (timings.overhead)")
     p.set_defaults(handler=_run_profile)
 
 
+DEFAULT_STEPS = 20
+
+
+def _profile_usage_error(message: str) -> None:
+    print(f"error: profile: {message}", file=sys.stderr)
+    sys.exit(UsageError.exit_code)
+
+
+def _profile_options(args: argparse.Namespace):
+    """Validate everything and build (options, config, device); touches no file."""
+    import os
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    import torch
+
+    from energy_flow.config import (
+        PRESET_NAMES,
+        VARIANTS,
+        ConfigError,
+        apply_variant,
+        make_config,
+        parse_override,
+    )
+    from profiler.collect.nvml import NvmlConfig
+    from profiler.collect.session import MODES, ProfileOptions
+    from profiler.collect.tracing import TraceSchedule
+
+    if args.preset not in PRESET_NAMES:
+        raise UsageError(f"unknown preset {args.preset!r}; choose from {', '.join(PRESET_NAMES)}")
+    if args.variant not in VARIANTS:
+        raise UsageError(f"unknown variant {args.variant!r}; choose from {', '.join(VARIANTS)}")
+    if args.mode not in MODES:
+        raise UsageError(f"unknown mode {args.mode!r}; choose from {', '.join(MODES)}")
+    if args.pool not in ("off", "simple", "managed"):
+        raise UsageError(f"unknown pool {args.pool!r}; choose from off, simple, managed")
+    steps = DEFAULT_STEPS if args.steps is None else args.steps
+    if steps <= 0:
+        raise UsageError(f"--steps must be > 0, got {steps}")
+    if args.warmup < 0 or args.warmup >= steps:
+        raise UsageError(f"--warmup must be in [0, steps) = [0, {steps}), got {args.warmup}")
+    if args.monitor_interval <= 0:
+        raise UsageError(f"--monitor-interval must be > 0 steps, got {args.monitor_interval}")
+    if args.measure_overhead and args.mode != "light":
+        raise UsageError("--measure-overhead needs --mode light")
+    try:
+        overrides = dict(parse_override(text) for text in args.overrides)
+        config = apply_variant(make_config(args.preset, **overrides), args.variant)
+        nvml = NvmlConfig(interval_s=args.nvml_interval,
+                          process_interval_s=args.nvml_process_interval)
+        trace = TraceSchedule(args.trace_wait, args.trace_warmup, args.trace_active,
+                              args.trace_repeat)
+    except (ConfigError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    if args.mode == "full" and steps <= trace.wait + trace.warmup:
+        raise UsageError(f"--steps {steps} ends before the trace window "
+                         f"(wait {trace.wait} + warmup {trace.warmup}); raise --steps")
+    device_text = args.device
+    if device_text == "auto":
+        device_text = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(device_text)
+    except RuntimeError:
+        raise UsageError(f"unknown device {args.device!r}; use auto, cpu or cuda[:N]") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"unsupported device {args.device!r}; use auto, cpu or cuda[:N]")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda requested but CUDA is not available")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    name = args.name or f"{args.preset}-{args.variant}-{args.mode}-{stamp}"
+    if not name or "/" in name or name in (".", ".."):
+        raise UsageError(f"--name {name!r} must be a plain directory name")
+    out = Path(args.out)
+    run_dir = out / name
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"output directory {out} is not writable")
+    if run_dir.exists() and not args.overwrite:
+        raise RunDirError(f"run directory {run_dir} already exists (use --overwrite)")
+    options = ProfileOptions(
+        run_dir=run_dir, name=name, preset=args.preset, variant=args.variant, pool=args.pool,
+        mode=args.mode, steps=steps, warmup=args.warmup,
+        monitor_interval=args.monitor_interval, overrides=overrides, nvml=nvml, trace=trace,
+        overwrite=args.overwrite, measure_overhead=args.measure_overhead,
+        command=tuple(sys.argv))
+    return options, config, device
+
+
+def _profile_summary(meta: dict) -> str:
+    t = meta.get("timings") or {}
+    lines = [f"run: {meta['status']}  {meta['steps_completed']}/{meta['steps_requested']} steps"
+             f"  device {meta['device']['type']}  mode {meta['config']['mode']}"]
+    if t.get("step_ms_median") is not None:
+        lines.append(f"step time: median {t['step_ms_median']:.1f} ms, "
+                     f"{t['samples_per_s']:.1f} samples/s (warm-up excluded)")
+    if t.get("overhead"):
+        o = t["overhead"]
+        if o.get("pairs"):
+            lines.append(f"light vs bare: {o['overhead_pct_paired_median']:+.2f}% "
+                         f"(median of {o['pairs']} step pairs)")
+    g = meta.get("memory_growth") or {}
+    if g.get("verdict"):
+        per = g.get("growth_bytes_per_step")
+        per_text = "" if per is None else f", {per / 1024:+.1f} KiB/step"
+        lines.append(f"memory ({g['metric']}): {g['verdict']}{per_text}")
+    a = meta.get("attribution")
+    if a:
+        lines.append(f"attribution: categories {a['sum_categories_bytes']} B vs allocator "
+                     f"{a['allocator_total_bytes']} B over {a['events']} events "
+                     f"({'ok' if a['ok'] else 'MISMATCH'}, tolerance {a['tolerance_bytes']} B)")
+    nv = meta.get("nvml") or {}
+    lines.append("nvml: sampled" if nv.get("available") else f"nvml: {nv.get('reason')}")
+    if meta.get("error"):
+        lines.append(f"error: {meta['error']['type']}: {meta['error']['message']}")
+    return "\n".join(lines)
+
+
 def _run_profile(args: argparse.Namespace) -> int:
-    raise ProfilerError("profile is not implemented yet")
+    from profiler.collect.session import ProfileSession
+    from profiler.collect.workload import make_energy_flow_workload
+
+    options, config, device = _profile_options(args)
+    print(f"profiling {options.preset}/{options.variant} on {device} ({options.mode}, "
+          f"{options.steps} steps) -> {options.run_dir}", file=sys.stderr, flush=True)
+    meta = ProfileSession(options, config, device, make_energy_flow_workload).run()
+    print(options.run_dir)
+    print(_profile_summary(meta))
+    codes = {"complete": 0, "interrupted": InterruptedRun.exit_code, "failed": 1, "oom": 1}
+    return codes.get(meta["status"], 1)
 
 
 # --- report (issue: make report) ---------------------------------------------------------
