@@ -202,11 +202,6 @@ class TensorCache:
         free = self.free.get(buf.key)
         if free is None:
             free = self.free[buf.key] = []
-        if len(free) >= self.max_per_key:
-            # busy idle entries are the first to go: their memory is not reusable now
-            for i in range(len(free) - 1, -1, -1):
-                if not free[i].idle():
-                    self._forget(free.pop(i), c, "dropped")
         keep = len(free) < self.max_per_key and (store is None or store(buf, free, c))
         if keep:
             self.free.setdefault(buf.key, []).append(buf)  # the policy may have replaced the list
@@ -271,6 +266,19 @@ class TensorCache:
             if chosen:
                 self.evict(lambda b: id(b) in chosen, counter)
             return freed
+
+    def audit(self) -> dict[str, int]:
+        """Counted versus actual state; a consistent cache has equal pairs."""
+        with self.lock:
+            return {
+                "held_bytes_counted": sum(c.held_bytes for c in self.counters.values()),
+                "held_bytes_actual": sum(b.nbytes for f in self.free.values() for b in f),
+                "live_bytes_counted": sum(c.live_bytes for c in self.counters.values()),
+                "live_bytes_actual": sum(r.buffer.nbytes for r in self._out.values()
+                                         if r.buffer is not None and r() is not None),
+                "longest_free_list": max((len(f) for f in self.free.values()), default=0),
+                "pooled_buffers": sum(len(f) for f in self.free.values()),
+            }
 
     def held_bytes(self) -> int:
         with self.lock:

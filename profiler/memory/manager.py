@@ -151,6 +151,10 @@ class UnifiedMemoryManager:
     def held_bytes(self) -> int:
         return self._cache.held_bytes()
 
+    def audit(self) -> dict[str, int]:
+        """Counted versus actual idle/live bytes and the longest idle list (see TensorCache)."""
+        return self._cache.audit()
+
     # -- budgets -------------------------------------------------------------------------
     def _keep(self, buf: Buffer, free: list, c: CategoryCounters) -> bool:
         if buf.lifetime == "persistent":
