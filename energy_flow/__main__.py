@@ -7,13 +7,14 @@ import json
 import sys
 import time
 
-import torch
-
 from energy_flow.config import PRESET_NAMES, ConfigError, make_config, parse_override
-from energy_flow.data import DataError, SyntheticPairs, load_pairs
+
+# torch is imported inside the commands, so that argument errors answer at once.
 
 
-def _device(name: str) -> torch.device:
+def _device(name: str):
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -28,15 +29,20 @@ def _config(args: argparse.Namespace):
     return make_config(args.preset, **overrides)
 
 
-def _sync(device: torch.device) -> None:
+def _sync(device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    config = _config(args)
+    import torch
+
+    from energy_flow.data import SyntheticPairs, load_pairs
     from energy_flow.trainer import Trainer
 
-    config = _config(args)
     device = _device(args.device)
     if args.steps <= 0:
         raise ConfigError(f"--steps must be positive, got {args.steps}")
@@ -126,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, ValueError) as exc:
+    except ValueError as exc:  # ConfigError, DataError, CheckpointError and bad values
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

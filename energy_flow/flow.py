@@ -8,6 +8,7 @@ spawns) that the loop condition needs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -51,6 +52,15 @@ def advance(positions: Tensor, displacement: Tensor, noise: Tensor | None,
     return moved, plane
 
 
+def spawn_counts(length: Tensor, keep: Tensor, threshold: float, max_spawn: int,
+                 room: Tensor | int) -> Tensor:
+    """Children per flow [N] int64: min(floor(L / thr) - 1, max_spawn) for live flows that moved
+    L > thr, cut (in flow order) so that no more than ``room`` children are made in all."""
+    want = (torch.floor(length / threshold) - 1).clamp_(0, max_spawn).long() * keep
+    before = torch.cumsum(want, 0) - want
+    return torch.minimum(want, (room - before).clamp_min(0))
+
+
 def collect_weight(energy: Tensor, distance: Tensor, age: Tensor) -> Tensor:
     """w = |e| / (1 + distance to the plane) * (1 + 0.1 * steps)."""
     return energy.abs() / (1.0 + distance) * (1.0 + 0.1 * age.to(energy.dtype))
@@ -82,6 +92,8 @@ class FlowProcessor:
         self.carrier = carrier
         self.lattice = lattice
         self.workspace = workspace
+        # Optional observer called as on_step(step, state) after every lattice step (tests, tools).
+        self.on_step: Callable[[int, FlowState], None] | None = None
 
     def run(self, state: FlowState, batch_size: int, training: bool,
             scratch: list[Tensor]) -> FlowRun:
@@ -119,6 +131,8 @@ class FlowProcessor:
             with region("spawn"):
                 state, counts = self._next_state(state, nxt, energy, hidden, completed,
                                                  run.created, scratch)
+            if self.on_step is not None:
+                self.on_step(step, state)
             live, done, spawned = counts
             run.completed += done
             run.created += spawned
@@ -178,11 +192,8 @@ class FlowProcessor:
         keep = ~completed
         if cfg.movement_spawning and cfg.max_spawn_per_step > 0:
             length = (nxt.detach() - state.positions.detach()).norm(dim=1)
-            want = (torch.floor(length / cfg.spawn_threshold) - 1).clamp_(0, cfg.max_spawn_per_step)
-            want = want.long() * keep
-            room = cfg.max_flows - keep.sum()
-            before = torch.cumsum(want, 0) - want
-            children = torch.minimum(want, (room - before).clamp_min(0))
+            children = spawn_counts(length, keep, cfg.spawn_threshold, cfg.max_spawn_per_step,
+                                    cfg.max_flows - keep.sum())
         else:
             children = torch.zeros(n, dtype=torch.long, device=device)
         repeats = keep.long() + children

@@ -1,0 +1,58 @@
+"""`python -m energy_flow` run for real in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import torch
+
+from energy_flow.trainer import Trainer
+
+TINY_SETS = ["lattice_width=4", "lattice_height=4", "lattice_depth=4", "batch_size=2",
+             "carrier_hidden=16", "carrier_layers=1", "mapper_hidden=32", "max_flows=1000"]
+
+
+def _run(*args, timeout=120):
+    sets = [a for s in TINY_SETS for a in ("--set", s)]
+    return subprocess.run([sys.executable, "-m", "energy_flow", *args, *sets],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+
+
+def test_train_jsonl_and_checkpoint(tmp_path):
+    ckpt = tmp_path / "out.pt"
+    proc = _run("train", "--preset", "debug", "--steps", "3", "--jsonl", "--device", "cpu",
+                "--checkpoint", str(ckpt))
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    for r in records:
+        assert {"step", "loss", "ms", "flows_created", "flows_completed", "flows_live_peak",
+                "steps_taken"} <= set(r)
+        assert r["loss"] > 0 and r["ms"] > 0 and r["flows_created"] >= 32
+        assert r["steps_taken"] >= 1
+    assert "step 3/3" in proc.stderr  # progress goes to stderr
+    state = torch.load(ckpt, weights_only=True)
+    assert state["step"] == 3 and state["config"]["carrier_hidden"] == 16
+
+
+def test_train_resume_from_checkpoint(tmp_path, tiny):
+    ckpt = tmp_path / "start.pt"
+    Trainer(tiny).save_checkpoint(ckpt)
+    proc = _run("train", "--steps", "1", "--jsonl", "--resume", str(ckpt))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["step"] == 1  # step counter continues from 0
+
+
+def test_bad_override_and_bad_data_are_clear_errors(tmp_path):
+    proc = _run("train", "--steps", "1", "--set", "lattice_widht=3")
+    assert proc.returncode == 2
+    assert "unknown config field 'lattice_widht'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    bad = tmp_path / "bad.pt"
+    torch.save({"input_embeddings": torch.zeros(2, 768)}, bad)
+    proc = _run("train", "--steps", "1", "--data", str(bad))
+    assert proc.returncode == 2
+    assert "missing key(s) target_embeddings" in proc.stderr
