@@ -48,6 +48,8 @@ def test_noise_threshold_floor_and_drift():
     (1.20, 0.95, 1.30, True, False, NOISE),   # interval includes 1
     (1.03, 1.01, 1.05, True, False, NOISE),   # below the 5% threshold
     (0.80, 0.70, 0.90, True, False, BETTER),
+    (0.955, 0.94, 0.97, True, False, NOISE),  # symmetric: 1 / 1.05 = 0.952 < 0.955
+    (0.950, 0.94, 0.97, True, False, BETTER),
     (0.80, 0.70, 0.90, False, False, WORSE),  # throughput went down
     (1.20, math.nan, math.nan, True, False, NOISE),  # too few samples: no interval
     (1.20, math.nan, math.nan, True, True, WORSE),   # single value: threshold decides

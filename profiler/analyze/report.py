@@ -44,6 +44,7 @@ class Report:
     peaks: pd.DataFrame  # index category, columns base / new: region peak bytes
     warnings: tuple[str, ...]
     not_comparable: tuple[str, ...]  # problems overridden by force
+    unrecorded: tuple[str, ...]  # metrics neither run recorded (left out of the summary)
     stats: StatsConfig
 
 
@@ -71,6 +72,9 @@ def build_report(base: Run, new: Run, config: ReportConfig) -> Report:
             cats["base"], cats["new"], config.stats),
         _nvml_metrics(base, new, config.stats),
     ], ignore_index=True)
+    absent = summary["base"].isna() & summary["new"].isna()
+    unrecorded = tuple(summary.loc[absent, "metric"])
+    summary = summary[~absent].reset_index(drop=True)
     warnings = [*base.warnings, *new.warnings]
     if problems:
         warnings.append("runs are not comparable (compared with --force): " + "; ".join(problems))
@@ -95,6 +99,7 @@ def build_report(base: Run, new: Run, config: ReportConfig) -> Report:
         peaks=pd.DataFrame({"base": region_peaks["base"], "new": region_peaks["new"]}),
         warnings=tuple(warnings),
         not_comparable=tuple(problems),
+        unrecorded=unrecorded,
         stats=config.stats,
     )
 

@@ -133,6 +133,9 @@ def verdict(ratio: float, ci_low: float, ci_high: float, threshold: float,
             lower_is_better: bool, single_value: bool = False) -> str:
     """better / worse / within noise for a ratio new / base.
 
+    The threshold is symmetric in ratio: beyond noise means above 1 + t or below
+    1 / (1 + t), so a metric and its inverse (time, throughput) agree.
+
     A per-step metric without an interval (too few samples) is always within
     noise. A ``single_value`` metric (one number per run, such as the run's
     peak) has no interval: the ratio alone decides against the threshold.
@@ -141,7 +144,7 @@ def verdict(ratio: float, ci_low: float, ci_high: float, threshold: float,
     if not np.isfinite(ratio) or (not has_ci and not single_value):
         return NOISE
     up = ratio > 1 + threshold and (not has_ci or ci_low > 1)
-    down = ratio < 1 - threshold and (not has_ci or ci_high < 1)
+    down = ratio < 1 / (1 + threshold) and (not has_ci or ci_high < 1)
     if up:
         return WORSE if lower_is_better else BETTER
     if down:

@@ -66,6 +66,12 @@ def build_document(report: Report, plots: set[str], gate: float | None = None) -
     doc += [Alert(w) for w in report.warnings]
     doc += [Heading(2, "Runs"), _runs_table(report), Para(_method(report, gate))]
     doc += _overview(report.summary, gate)
+    if report.unrecorded:
+        doc.append(Para("Not recorded by either run (left out): "
+                        + ", ".join(report.unrecorded) + "."))
+    growth = {s: report.growth[s]["verdict"] for s in ("base", "new")}
+    doc.append(Para(f"Memory growth verdict: base {growth['base']}, new {growth['new']} "
+                    f"(details under 'Memory growth per step')."))
     summary = report.summary
     for section, title in SECTIONS:
         rows = summary[summary["section"] == section]

@@ -1,0 +1,89 @@
+"""The whole report on real tiny profile runs (``python -m profiler profile`` subprocesses).
+
+Runs are made once per session: two runs of the same configuration, profiled at the
+same time so that they share whatever else loads the machine, then a deliberately
+slowed run (the "before" variant with a 16x wider carrier).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+TINY = ("lattice_width=4", "lattice_height=4", "lattice_depth=4", "batch_size=2",
+        "carrier_hidden=16", "carrier_layers=1", "mapper_hidden=32", "max_flows=1000")
+STEPS = 24
+
+
+def _profile(out: Path, name: str, *extra: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "profiler", "profile", "--preset", "debug", "--steps",
+            str(STEPS), "--name", name, "--out", str(out), "--device", "cpu", "--mode", "full"]
+    for item in TINY:
+        args += ["--set", item]
+    return subprocess.Popen([*args, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def _wait(proc: subprocess.Popen) -> None:
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output[-3000:]
+
+
+@pytest.fixture(scope="session")
+def real_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("real_runs")
+    pair = [_profile(out, "same_a"), _profile(out, "same_b")]
+    for proc in pair:
+        _wait(proc)
+    _wait(_profile(out, "slowed", "--variant", "before", "--set", "carrier_hidden=256",
+                   "--set", "carrier_layers=2"))
+    return out
+
+
+def report(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "profiler", "report", *map(str, args)],
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def test_same_configuration_is_within_noise_on_every_metric(real_runs, tmp_path):
+    proc = report(real_runs / "same_a", real_runs / "same_b", "--out", tmp_path,
+                  "--fail-on-regression", "5%")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert len(summary) >= 20
+    offenders = summary[summary["verdict"] != "within noise"]
+    assert offenders.empty, offenders[["metric", "base", "new", "ratio", "noise_pct"]]
+    # the run recorded real work: step times, region and role categories, operators
+    by = summary.set_index("metric")
+    assert by.loc["step time", "base"] > 0 and by.loc["step time", "n_base"] == STEPS - 3
+    assert {"peak [region/carrier]", "peak [region/backward]", "peak [role/gradient]"} <= set(
+        summary["metric"])
+    md = (tmp_path / "report.md").read_text()
+    assert "| energy_flow.carrier |" in md or "| **energy_flow.carrier** |" in md
+    assert "Memory growth verdict: base" in md
+
+
+def test_slowed_variant_is_worse_and_fails_the_gate(real_runs, tmp_path):
+    proc = report(real_runs / "same_a", real_runs / "slowed", "--out", tmp_path,
+                  "--fail-on-regression", "5%")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: regression beyond 5.0%: step time (")
+    assert re.search(r"peak \[region/carrier\] \(\d+\.\d+x\)", message)
+    summary = pd.read_csv(tmp_path / "summary.csv").set_index("metric")
+    assert summary.loc["step time", "verdict"] == "worse"
+    assert summary.loc["step time", "ratio"] > 1.5 and summary.loc["step time", "ci_low"] > 1
+    assert summary.loc["samples per second", "verdict"] == "worse"
+    assert summary.loc["peak [region/carrier]", "verdict"] == "worse"
+    html = (tmp_path / "report.html").read_text()
+    # the variant and the carrier width differ and are highlighted in the metadata table
+    assert '<tr class="differs"><td>config.variant</td><td>after</td><td>before</td></tr>' in html
+    assert ('<tr class="differs"><td>config.model.carrier_hidden</td><td>16</td><td>256</td>'
+            '</tr>') in html
