@@ -38,7 +38,7 @@ class Report:
     nvml_reconcile: dict[str, pd.DataFrame]  # side -> nvml.RECONCILE_COLUMNS
     nvml_notes: dict[str, str]  # side -> why NVML is unavailable ("" when available)
     growth: dict[str, dict[str, Any]]  # side -> analyze.memory.memory_growth() result
-    timelines: dict[str, pd.DataFrame]  # side -> categories.category_timeline (region view)
+    timelines: dict[str, pd.DataFrame]  # side -> region peak bytes per step (category_timeline)
     warmup_steps: dict[str, int]
     step_times: dict[str, np.ndarray]  # side -> measured wall_ms samples
     peaks: pd.DataFrame  # index category, columns base / new: region peak bytes
@@ -93,7 +93,8 @@ def build_report(base: Run, new: Run, config: ReportConfig) -> Report:
         nvml_reconcile={s: nvml.reconcile(r.nvml) for s, r in runs.items()},
         nvml_notes={s: _nvml_note(r) for s, r in runs.items()},
         growth={s: _growth(r) for s, r in runs.items()},
-        timelines={s: categories.category_timeline(r.memory) for s, r in runs.items()},
+        timelines={s: categories.category_timeline(r.memory, "region", "peak_bytes")
+                   for s, r in runs.items()},
         warmup_steps={s: int((r.steps["phase"] == "warmup").sum()) for s, r in runs.items()},
         step_times={s: samples[s]["wall_ms"].to_numpy(dtype=np.float64) for s in SIDES},
         peaks=pd.DataFrame({"base": region_peaks["base"], "new": region_peaks["new"]}),

@@ -81,7 +81,7 @@ def build_document(report: Report, plots: set[str], gate: float | None = None) -
         if section == "time" and "step_time" in plots:
             doc.append(Image("step_time", "Measured step times (base and new)"))
         if section == "memory" and "memory_over_steps" in plots:
-            doc.append(Image("memory_over_steps", "Live memory per region over steps"))
+            doc.append(Image("memory_over_steps", "Peak memory per region within each step"))
         if section == "category" and "category_peaks" in plots:
             doc.append(Image("category_peaks", "Peak memory per region category"))
     doc += _pool(report)

@@ -22,24 +22,31 @@ def _png(fig: Figure) -> bytes:
 
 def memory_over_steps(timelines: dict[str, pd.DataFrame], names: dict[str, str],
                       warmup: dict[str, int]) -> bytes | None:
-    """Live bytes per region category over steps, one panel per run (None without data)."""
+    """Peak bytes per region category within each step, one panel per run (None without
+    data). Warm-up steps (steps 0 .. warmup - 1) are shaded where the data covers them."""
     sides = [s for s in ("base", "new") if not timelines.get(s, pd.DataFrame()).empty]
     if not sides:
         return None
     fig = Figure(figsize=(11, 3.8))
     axes = fig.subplots(1, len(sides), sharey=True, squeeze=False)[0]
+    # one colour per category in both panels, largest categories first in the legend
+    largest = pd.concat([timelines[s].max() for s in sides], axis=1).max(axis=1)
+    order = list(largest.sort_values(ascending=False).index)
+    styles = {c: (f"C{i % 10}", "-" if i < 10 else "--") for i, c in enumerate(order)}
     for ax, side in zip(axes, sides, strict=True):
         table = timelines[side]
-        order = table.max().sort_values(ascending=False).index
-        for category in order:
-            ax.plot(table.index, table[category] / _MIB, label=str(category), linewidth=1.4)
-        if warmup.get(side):
-            ax.axvspan(table.index.min() - 0.5, table.index.min() + warmup[side] - 0.5,
-                       color="0.85", label="warm-up")
+        marker = "o" if len(table) <= 30 else None
+        for category in (c for c in order if c in table):
+            colour, line = styles[category]
+            ax.plot(table.index, table[category] / _MIB, label=str(category), linewidth=1.4,
+                    color=colour, linestyle=line, marker=marker, markersize=3)
+        if warmup.get(side) and table.index.min() < warmup[side]:
+            ax.axvspan(table.index.min() - 0.5, warmup[side] - 0.5, color="0.9",
+                       label="warm-up")
         ax.set_title(f"{side}: {names[side]}", fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("live MiB at step end")
+    axes[0].set_ylabel("peak MiB within the step")
     axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return _png(fig)
