@@ -42,8 +42,8 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
                    help="replace an existing run directory of the same name")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="FIELD=VALUE", help="override one config field (repeatable)")
-    p.add_argument("--warmup", type=int, default=3,
-                   help="warm-up steps excluded from statistics (default: 3)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="warm-up steps excluded from statistics (default: 3, at most steps - 1)")
     p.add_argument("--monitor-interval", type=int, default=10, metavar="STEPS",
                    help="every STEPS steps: progress line on stderr, steps.csv and scalars "
                         "flushed (default: 10)")
@@ -104,8 +104,9 @@ def _profile_options(args: argparse.Namespace):
     steps = DEFAULT_STEPS if args.steps is None else args.steps
     if steps <= 0:
         raise UsageError(f"--steps must be > 0, got {steps}")
-    if args.warmup < 0 or args.warmup >= steps:
-        raise UsageError(f"--warmup must be in [0, steps) = [0, {steps}), got {args.warmup}")
+    warmup = min(3, steps - 1) if args.warmup is None else args.warmup
+    if warmup < 0 or warmup >= steps:
+        raise UsageError(f"--warmup must be in [0, steps) = [0, {steps}), got {warmup}")
     if args.monitor_interval <= 0:
         raise UsageError(f"--monitor-interval must be > 0 steps, got {args.monitor_interval}")
     if args.measure_overhead and args.mode != "light":
@@ -148,7 +149,7 @@ def _profile_options(args: argparse.Namespace):
         raise RunDirError(f"run directory {run_dir} already exists (use --overwrite)")
     options = ProfileOptions(
         run_dir=run_dir, name=name, preset=args.preset, variant=args.variant, pool=args.pool,
-        mode=args.mode, steps=steps, warmup=args.warmup,
+        mode=args.mode, steps=steps, warmup=warmup,
         monitor_interval=args.monitor_interval, overrides=overrides, nvml=nvml, trace=trace,
         overwrite=args.overwrite, measure_overhead=args.measure_overhead,
         command=tuple(sys.argv))
