@@ -1,0 +1,105 @@
+"""A real TensorBoard server on a fresh run directory: profiler plugin views and scalar tags."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from energy_flow.config import make_config
+from profiler.collect.nvml import NvmlConfig
+from profiler.collect.session import ProfileOptions, ProfileSession
+from profiler.collect.tracing import TraceSchedule
+from profiler.collect.workload import make_energy_flow_workload
+
+TINY = dict(lattice_width=4, lattice_height=4, lattice_depth=4, batch_size=2,
+            carrier_hidden=16, carrier_layers=1, mapper_hidden=32, max_flows=1000)
+TENSORBOARD = Path(sys.executable).parent / "tensorboard"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(base: str, path: str, **params):
+    query = ("?" + urllib.parse.urlencode(params)) if params else ""
+    with urllib.request.urlopen(base + path + query, timeout=10) as resp:
+        body = resp.read()
+        if resp.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        return json.loads(body)
+
+
+def poll(fn, limit_s: float = 90.0):
+    deadline = time.monotonic() + limit_s
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            value = fn()
+            if value:
+                return value
+        except (urllib.error.URLError, ConnectionError, json.JSONDecodeError) as exc:
+            last = exc
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for TensorBoard ({last})")
+
+
+@pytest.fixture(scope="module")
+def logdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tb")
+    options = ProfileOptions(
+        run_dir=root / "tiny", name="tiny", preset="debug", variant="after", pool="off",
+        mode="full", steps=6, warmup=1, monitor_interval=3, overrides=TINY,
+        nvml=NvmlConfig(), trace=TraceSchedule(wait=1, warmup=1, active=2))
+    meta = ProfileSession(options, make_config("debug", **TINY), torch.device("cpu"),
+                          make_energy_flow_workload, log=open(os.devnull, "w")).run()
+    assert meta["status"] == "complete"
+    return root
+
+
+@pytest.mark.skipif(not TENSORBOARD.exists(), reason="no tensorboard executable in this env")
+def test_tensorboard_lists_the_trace_memory_view_and_scalars(logdir):
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(TENSORBOARD), "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port),
+         "--load_fast", "false"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        runs = poll(lambda: (lambda d: d if "tiny" in d["runs"] and not d["loading"] else None)(
+            get_json(base, "/data/plugin/pytorch_profiler/runs")))
+        assert runs["runs"] == ["tiny"]
+        views = get_json(base, "/data/plugin/pytorch_profiler/views", run="tiny")
+        assert "Memory" in views and "Overview" in views
+        workers = get_json(base, "/data/plugin/pytorch_profiler/workers", run="tiny",
+                           view="Memory")
+        assert workers == ["rank0"]
+        spans = get_json(base, "/data/plugin/pytorch_profiler/spans", run="tiny", worker="rank0")
+        curve = get_json(base, "/data/plugin/pytorch_profiler/memory_curve", run="tiny",
+                         worker="rank0", span=spans[0])
+        assert curve["rows"]  # the plugin reads the trace's memory events
+        tags = poll(lambda: get_json(base, "/data/plugin/scalars/tags").get("tiny"))
+        for tag in ("time/wall_ms", "time/forward_ms", "throughput/samples_per_s",
+                    "train/loss", "memory/rss_bytes", "memory_region/carrier/peak_bytes",
+                    "memory_role/gradient/peak_bytes"):
+            assert tag in tags, sorted(tags)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
