@@ -1,0 +1,111 @@
+"""ProfileSession in-process: determinism, failure statuses, pools, overhead pairing."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from energy_flow.config import make_config
+from profiler.collect.nvml import NvmlConfig
+from profiler.collect.session import ProfileOptions, ProfileSession, paired_overhead
+from profiler.collect.tracing import TraceSchedule
+from profiler.collect.workload import EnergyFlowWorkload, make_energy_flow_workload
+
+TINY = dict(lattice_width=4, lattice_height=4, lattice_depth=4, batch_size=2,
+            carrier_hidden=16, carrier_layers=1, mapper_hidden=32, max_flows=1000)
+CPU = torch.device("cpu")
+
+
+def session(tmp_path, name, mode, steps=5, pool="off", factory=make_energy_flow_workload):
+    options = ProfileOptions(
+        run_dir=tmp_path / name, name=name, preset="debug", variant="after", pool=pool,
+        mode=mode, steps=steps, warmup=1, monitor_interval=2, overrides=TINY,
+        nvml=NvmlConfig(), trace=TraceSchedule(wait=1, warmup=1, active=2))
+    return ProfileSession(options, make_config("debug", **TINY), CPU, factory, log=io.StringIO())
+
+
+def test_same_seed_same_losses_with_and_without_profiling(tmp_path):
+    losses = {}
+    for mode in ("bare", "light", "full"):
+        meta = session(tmp_path, mode, mode).run()
+        assert meta["status"] == "complete"
+        losses[mode] = pd.read_csv(tmp_path / mode / "steps.csv")["loss"].tolist()
+    assert len(losses["bare"]) == 5 and len(set(losses["bare"])) > 1
+    assert losses["light"] == losses["bare"]
+    assert losses["full"] == losses["bare"]
+    bare = pd.read_csv(tmp_path / "bare" / "steps.csv")
+    assert bare["forward_ms"].isna().all() and bare["rss_bytes"].isna().all()
+
+
+class Breaks:
+    """The real workload, failing at one step with a given exception."""
+
+    def __init__(self, at: int, exc: BaseException):
+        self.at, self.exc = at, exc
+
+    def __call__(self, config, device, pool):
+        inner = make_energy_flow_workload(config, device, pool)
+        at, exc = self.at, self.exc
+
+        class Failing(EnergyFlowWorkload):
+            def __init__(self):
+                self.__dict__.update(inner.__dict__)
+
+            def step(self, index, on_phase):
+                if index == at:
+                    raise exc
+                return super().step(index, on_phase)
+
+        return Failing()
+
+
+def test_a_crash_leaves_failed_with_the_error_and_the_steps_so_far(tmp_path):
+    meta = session(tmp_path, "crash", "light", factory=Breaks(2, RuntimeError("boom"))).run()
+    assert meta["status"] == "failed"
+    assert meta["error"] == {"type": "RuntimeError", "message": "boom"}
+    saved = json.loads((tmp_path / "crash" / "run.json").read_text())
+    assert saved["status"] == "failed" and saved["steps_completed"] == 2
+    assert pd.read_csv(tmp_path / "crash" / "steps.csv")["step"].tolist() == [0, 1]
+    assert saved["memory_at_failure"]["rss_bytes"] > 0
+
+
+def test_out_of_memory_is_its_own_status_with_the_memory_state(tmp_path):
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    meta = session(tmp_path, "oom", "full", factory=Breaks(3, oom)).run()
+    assert meta["status"] == "oom" and meta["steps_completed"] == 3
+    assert meta["error"]["type"] == "OutOfMemoryError"
+    assert meta["memory_at_failure"]["rss_bytes"] > 0
+    # the open trace window (step 2 recorded) is still written and attributed
+    assert meta["trace"]["files"] and meta["attribution"]["events"] > 0
+
+
+def test_pool_statistics_are_recorded_per_step(tmp_path):
+    meta = session(tmp_path, "pool", "light", steps=4, pool="simple").run()
+    assert meta["status"] == "complete" and meta["config"]["pool"] == "simple"
+    rows = pd.read_csv(tmp_path / "pool" / "memory_by_category.csv")
+    pool = rows[rows["view"] == "pool"]
+    assert set(pool["step"]) == {0, 1, 2, 3}
+    last = pool[pool["step"] == 3]
+    assert (last["pool_hits"] + last["pool_misses"]).sum() > 0
+    assert last["pool_hits"].sum() > pool[pool["step"] == 0]["pool_hits"].sum()
+
+
+def test_paired_overhead_uses_measured_pairs_only():
+    rows = [
+        {"step": 0, "phase": "warmup", "wall_ms": 50.0, "instrumented": 0},
+        {"step": 1, "phase": "warmup", "wall_ms": 90.0, "instrumented": 1},
+        {"step": 2, "phase": "measured", "wall_ms": 100.0, "instrumented": 1},
+        {"step": 3, "phase": "measured", "wall_ms": 98.0, "instrumented": 0},
+        {"step": 4, "phase": "measured", "wall_ms": 100.0, "instrumented": 0},
+        {"step": 5, "phase": "measured", "wall_ms": 101.0, "instrumented": 1},
+        {"step": 6, "phase": "measured", "wall_ms": 100.0, "instrumented": 0},
+        {"step": 7, "phase": "measured", "wall_ms": 104.0, "instrumented": 1},
+    ]
+    got = paired_overhead(rows)
+    assert got["pairs"] == 3
+    assert got["overhead_pct_paired_median"] == pytest.approx(100 * 2.0 / 98.0)
+    assert got["bare_ms_median"] == 100.0 and got["light_ms_median"] == 101.0
