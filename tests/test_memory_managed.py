@@ -53,10 +53,12 @@ def test_calls_the_pool_cannot_serve_exactly_go_to_torch():
             torch.zeros(3, out=out),
             torch.full((2,), 1),                 # dtype inferred from the fill value
             torch.empty((1, 2, 3, 4), memory_format=torch.channels_last),
+            torch.zeros(torch.tensor(3)),        # a size torch accepts but the pool does not parse
         ]
         return r
 
-    grad, outed, full_int, nhwc = work()
+    grad, outed, full_int, nhwc, sized = work()
+    assert torch.equal(sized, torch.zeros(3))
     assert grad.requires_grad and full_int.dtype == torch.int64
     assert torch.equal(outed, torch.zeros(3))
     assert nhwc.is_contiguous(memory_format=torch.channels_last) and not nhwc.is_contiguous()

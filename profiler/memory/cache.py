@@ -16,8 +16,13 @@ Returns that are not a live handout are refused and counted: a second return
 (``double_returns``), a view of a pooled tensor (``view_returns``), a tensor
 the cache never handed out (``foreign_returns``).
 
+At most ``max_per_key`` idle buffers are kept per key; a return that finds
+its list full (or that a budget policy refuses) is dropped and counted.
+
 Thread-safe: one lock guards all state; weak-reference callbacks only append
-to a deque that the next locked call drains.
+to a deque that the next locked call drains. On CUDA, reuse is ordered on the
+stream that uses the memory (as with PyTorch's own caching allocator); a
+tensor used on several streams needs ``record_stream`` before it is returned.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from profiler.memory.cache import _use_count
-from profiler.memory.pool import SimpleMemoryPool
+from profiler.memory.pool import SimpleMemoryPool, normalize_shape
 
 _FILL = {torch.zeros: 0, torch.ones: 1, torch.empty: None, torch.full: "arg"}
 _LIKE = {torch.zeros_like: 0, torch.ones_like: 1, torch.empty_like: None, torch.full_like: "arg"}
@@ -81,7 +81,14 @@ class PoolMode(TorchFunctionMode):
             return func(*args, **kwargs)
         return t
 
-    def _serve(self, shape: Any, dtype: torch.dtype, device: Any, fill: Any) -> torch.Tensor:
+    def _serve(self, shape: Any, dtype: torch.dtype, device: Any,
+               fill: Any) -> torch.Tensor | None:
+        if fill is not None and type(fill) not in (int, float, bool):
+            return None  # a tensor or complex fill value: leave it to torch
+        try:
+            shape = normalize_shape(shape)
+        except (TypeError, ValueError):
+            return None  # symbolic or unusual sizes: torch decides (and raises if invalid)
         t = self.pool._scoped_acquire(shape, dtype, device, fill == 0, **self.options)
         if fill is not None and fill != 0:
             t.fill_(fill)
