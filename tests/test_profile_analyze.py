@@ -114,7 +114,7 @@ def test_memory_growth_stable_leak_and_rss_fallback():
     rng = np.random.default_rng(0)
     flat = [5e9, 1e9] + list(1e8 + rng.integers(-4096, 4096, 200))
     g = memory_growth(steps_frame(flat))
-    assert g["verdict"] == "stable" and g["metric"] == "allocated_bytes" and g["steps"] == 200
+    assert g["verdict"] == "stable" and g["metric"] == "allocated_bytes" and g["steps"] == 150
     assert abs(g["growth_bytes_per_step"]) < 100
     leaking = [0, 0] + [1e8 + 64 * 1024 * i for i in range(200)]
     g = memory_growth(steps_frame(leaking))
@@ -125,3 +125,7 @@ def test_memory_growth_stable_leak_and_rss_fallback():
     g = memory_growth(rss)
     assert g["metric"] == "rss_bytes" and g["verdict"] == "leak"
     assert memory_growth(steps_frame([1, 2, 3, 4]))["verdict"] == "insufficient data"
+    # early growth that plateaus (allocator settling) is not a leak
+    settling = [0, 0] + [1e9 + 8e6 * min(i, 30) for i in range(200)]
+    g = memory_growth(steps_frame(settling))
+    assert g["verdict"] == "stable" and abs(g["growth_bytes_per_step"]) < 1e-3

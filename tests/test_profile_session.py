@@ -74,7 +74,7 @@ def test_a_crash_leaves_failed_with_the_error_and_the_steps_so_far(tmp_path):
 
 
 def test_out_of_memory_is_its_own_status_with_the_memory_state(tmp_path):
-    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     meta = session(tmp_path, "oom", "full", factory=Breaks(3, oom)).run()
     assert meta["status"] == "oom" and meta["steps_completed"] == 3
     assert meta["error"]["type"] == "OutOfMemoryError"

@@ -176,21 +176,23 @@ def attribution_check(events: pd.DataFrame, category: str, device: str,
             "by_category": {str(k): int(v) for k, v in by_cat.items()}}
 
 
-def memory_growth(steps_df: pd.DataFrame, *, min_steps: int = 10,
+def memory_growth(steps_df: pd.DataFrame, *, min_steps: int = 20, settle_fraction: float = 0.25,
                   abs_threshold_bytes: float = 1 << 20, rel_threshold: float = 0.01
                   ) -> dict[str, Any]:
     """Memory growth per step over the measured (non-warm-up) steps, with a leak verdict.
 
     Metric: ``allocated_bytes`` when recorded (the allocator: exact), else
-    ``rss_bytes`` (process RSS: noisier). Output keys:
-    - metric: the column used; steps: measured steps used;
-    - start_bytes / end_bytes: median of the first / last quarter of those steps;
+    ``rss_bytes`` (process RSS: noisier). The first ``settle_fraction`` of the
+    measured steps is left out as settling time (caching allocator and malloc
+    arenas grow early, then plateau; a leak keeps growing). Output keys:
+    - metric: the column used; steps: steps in the fitted range;
+    - start_bytes / end_bytes: median of the first / last quarter of that range;
     - growth_bytes_per_step: least-squares slope of the metric over the step index;
-    - growth_bytes_total: slope * (steps - 1);
+    - growth_bytes_total: slope * (last step - first step) of the range;
     - threshold_bytes: max(abs_threshold_bytes, rel_threshold * start_bytes);
     - verdict: "leak" when both the fitted total growth and the last-minus-first
       quarter difference exceed the threshold, "stable" otherwise,
-      "insufficient data" under ``min_steps`` measured steps.
+      "insufficient data" under ``min_steps`` steps in the range.
     """
     df = steps_df
     if "phase" in df:
@@ -199,6 +201,7 @@ def memory_growth(steps_df: pd.DataFrame, *, min_steps: int = 10,
     if metric not in df or df[metric].isna().all():
         metric = "rss_bytes"
     df = df.dropna(subset=[metric]) if metric in df else df.iloc[0:0]
+    df = df.sort_values("step").iloc[int(len(df) * settle_fraction):]
     out: dict[str, Any] = {"metric": metric, "steps": int(len(df)), "start_bytes": None,
                            "end_bytes": None, "growth_bytes_per_step": None,
                            "growth_bytes_total": None, "threshold_bytes": None,

@@ -119,7 +119,7 @@ class ProfileSession:
         except (StopRequested, KeyboardInterrupt) as exc:
             status = "interrupted"
             error = {"type": type(exc).__name__, "message": str(exc) or "KeyboardInterrupt"}
-        except torch.OutOfMemoryError as exc:
+        except torch.cuda.OutOfMemoryError as exc:
             status, error = "oom", {"type": type(exc).__name__, "message": str(exc)}
             at_failure = self._failure_state()
         except Exception as exc:

@@ -91,7 +91,7 @@ class TraceSession:
             schedule=torch.profiler.schedule(wait=s.wait, warmup=s.warmup, active=s.active,
                                              repeat=s.repeat),
             on_trace_ready=self._on_trace_ready, profile_memory=True, record_shapes=True,
-            with_stack=False, acc_events=False)
+            with_stack=False)
         self._prof.__enter__()
         self._tag()
         return self
@@ -198,9 +198,11 @@ def window_tables(paths: list[Path], probes: dict[str, dict[int, str]], device: 
     if len(ev):
         ev["owner_region"] = owners(ev, "region")
         steps = sorted(ev["step"].unique())
+        on_device = ev[ev["device"] == main]  # host events of a CUDA run stay in allocations.csv
         by_cat = pd.concat([
-            category_stats(ev, "owner_region", "region", steps, [*MODEL_REGIONS, OTHER_REGION]),
-            category_stats(ev, "role", "role", steps, TENSOR_ROLES),
+            category_stats(on_device, "owner_region", "region", steps,
+                           [*MODEL_REGIONS, OTHER_REGION]),
+            category_stats(on_device, "role", "role", steps, TENSOR_ROLES),
         ], ignore_index=True)
     else:
         by_cat = pd.DataFrame()
