@@ -50,6 +50,7 @@ claims: .venv/.installed
 	$(PY) -m profiler claims --device $(DEVICE)
 
 tensorboard: .venv/.installed
+	@test -d runs || { echo "no runs/ yet: make profile first"; exit 2; }
 	.venv/bin/tensorboard --logdir runs --host 127.0.0.1 --port $(PORT)
 
 clean:
