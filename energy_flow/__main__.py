@@ -97,6 +97,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench.main(args)
 
 
+def _bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", action="append", choices=PRESET_NAMES,
+                        help="preset(s) for the training figures (default: debug, experiment)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--steps", type=int, default=5, help="measured training steps")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--flows", type=int, default=100_000, help="flows for the init figure")
+    parser.add_argument("--quantize-preset", default="experiment")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="config override for the train and quantize figures")
+    parser.add_argument("--only", action="append", choices=("train", "flow_init", "quantize"),
+                        help="run only these parts (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m energy_flow")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,19 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint", help="write a checkpoint here at the end")
     train.add_argument("--resume", help="load this checkpoint before training")
     train.set_defaults(func=cmd_train)
-    bench_parser = sub.add_parser("bench", help="benchmarks: train step vs GRU floor, init, "
-                                                "quantization")
-    bench_parser.add_argument("--preset", action="append", choices=PRESET_NAMES,
-                              help="preset(s) for the training figures (default: debug, "
-                                   "experiment)")
-    bench_parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    bench_parser.add_argument("--steps", type=int, default=5, help="measured training steps")
-    bench_parser.add_argument("--warmup", type=int, default=2)
-    bench_parser.add_argument("--repeats", type=int, default=5)
-    bench_parser.add_argument("--only", action="append",
-                              choices=("train", "flow_init", "quantize"),
-                              help="run only these parts (repeatable)")
-    bench_parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    bench_parser = sub.add_parser("bench", help="benchmarks: train step vs GRU floor, flow "
+                                                "init, quantization")
+    _bench_arguments(bench_parser)
     bench_parser.set_defaults(func=cmd_bench)
     return parser
 

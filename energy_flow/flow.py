@@ -80,6 +80,7 @@ class FlowRun:
     live_peak: int = 0
     steps_taken: int = 0
     flow_steps: int = 0
+    cleanups: int = 0  # cleanup_memory_safe calls made
 
 
 class FlowProcessor:
@@ -139,6 +140,7 @@ class FlowProcessor:
             run.live_peak = max(run.live_peak, live)
             if cfg.cleanup_interval and (step + 1) % cfg.cleanup_interval == 0:
                 cleanup_memory_safe(nxt.device, cfg.cleanup_threshold_bytes)
+                run.cleanups += 1
             if run.completed > best_completed:
                 best_completed, stale = run.completed, 0
             else:

@@ -22,7 +22,8 @@ class FlowStats:
 
     flows_completed counts flows that reached a plane; flows_projected those
     still inside at the end (projected onto the nearer plane and collected);
-    flows_moved the collected flows that ended away from where they started.
+    flows_moved the collected flows that ended away from where they started;
+    cleanups the cleanup_memory_safe calls made.
     flow_steps is the sum over lattice steps of live flows (GRU rows processed).
     """
 
@@ -33,6 +34,7 @@ class FlowStats:
     flow_steps: int = 0
     flows_projected: int = 0
     flows_moved: int = 0
+    cleanups: int = 0
 
 
 @dataclass
@@ -57,8 +59,11 @@ class EnergyFlowModel(nn.Module):
         self.mapper.requires_grad_(config.mapper_trainable)
         self.collector.requires_grad_(False)
         self.lattice = EnergyLattice(config, self.workspace)
-        self.processor = FlowProcessor(config, self.neuron, self.carrier, self.lattice,
-                                       self.workspace)
+        neuron, carrier = self.neuron, self.carrier
+        if config.compile:  # the per-step modules; flow counts vary, so shapes are dynamic
+            neuron = torch.compile(neuron, dynamic=True)
+            carrier = torch.compile(carrier, dynamic=True)
+        self.processor = FlowProcessor(config, neuron, carrier, self.lattice, self.workspace)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -94,7 +99,7 @@ class EnergyFlowModel(nn.Module):
             flows_created=run.created, flows_completed=run.completed,
             flows_live_peak=run.live_peak, steps_taken=run.steps_taken,
             flow_steps=run.flow_steps, flows_projected=run.projected,
-            flows_moved=int(moved),
+            flows_moved=int(moved), cleanups=run.cleanups,
         )
         for tensor in scratch:
             self.workspace.release(tensor)

@@ -174,3 +174,12 @@ def test_presets_cover_their_initial_flows():
     assert make_config("optimized").initial_flows == 320_000
     with pytest.raises(ConfigError, match="max_flows"):
         make_config("debug", max_flows=100)
+
+
+@pytest.mark.parametrize("interval", [0, 2])
+def test_cleanup_runs_at_the_configured_interval(make_tiny, interval):
+    cfg = make_tiny(max_steps=5, convergence_min_steps=5, cleanup_interval=interval,
+                    movement_spawning=False)
+    out = EnergyFlowModel(cfg)(*_pairs(cfg))
+    assert out.stats.cleanups == (out.stats.steps_taken // interval if interval else 0)
+    assert out.stats.steps_taken >= 4 or out.stats.flows_projected == 0
