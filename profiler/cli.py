@@ -274,11 +274,69 @@ def _run_report(args: argparse.Namespace) -> int:
 # --- claims (issue: make report) ---------------------------------------------------------
 def _add_claims(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("claims", help="measure the user's before/after optimization claims")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
+    p.add_argument("--preset", default="debug", help="model preset (default debug)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="config override for the training, pool and cleanup measurements "
+                        "(default on CPU: a 10x10 lattice, batch 4, hidden 64)")
+    p.add_argument("--flows", type=int, default=100_000, help="flows for the init claim")
+    p.add_argument("--repeats", type=int, default=5, help="repeats of the fast variants")
+    p.add_argument("--steps", type=int, default=4, help="measured training steps per round")
+    p.add_argument("--cleanup-steps", type=int, default=16, help="steps of the cleanup runs")
+    p.add_argument("--lattice", action="store_true",
+                   help="also find the largest lattice within a memory budget, pool off vs on "
+                        "(default on CUDA only; slow on CPU)")
+    p.add_argument("--out", default="reports/claims", help="output directory")
     p.set_defaults(handler=_run_claims)
 
 
 def _run_claims(args: argparse.Namespace) -> int:
-    raise ProfilerError("claims is not implemented yet")
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from energy_flow.config import ConfigError, parse_override
+    from profiler.claims.measure import CPU_OVERRIDES, ClaimsConfig, measure_claims
+    from profiler.errors import UsageError
+    from profiler.render.claims import write_claims
+    from profiler.rundir import atomic_write_text
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: CUDA is not available")
+    try:
+        overrides = dict(parse_override(text) for text in args.set)
+        if not overrides and device == "cpu":
+            overrides = dict(CPU_OVERRIDES)
+        cfg = ClaimsConfig(device=device, preset=args.preset, overrides=overrides,
+                           flows=args.flows, repeats=args.repeats, train_steps=args.steps,
+                           cleanup_steps=args.cleanup_steps,
+                           lattice=args.lattice or device.startswith("cuda"), out=Path(args.out))
+        cfg.model_config()
+    except (ConfigError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+
+    def progress(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    table, raw = measure_claims(cfg, progress)
+    size = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "none"
+    context = (f"Measured on {table['device'].iloc[0]} with torch {torch.__version__}; preset "
+               f"{cfg.preset} (overrides for training, pool and cleanup: {size}); rounding on "
+               f"one batch of the plain preset; flow initialization at {cfg.flows:,} flows. "
+               f"Command: python -m profiler claims {' '.join(sys.argv[2:])}".rstrip())
+    try:
+        paths = write_claims(table, cfg.out, context)
+        atomic_write_text(cfg.out / "claims.json", json.dumps(raw, indent=2, default=str) + "\n")
+    except OSError as exc:
+        raise UsageError(f"cannot write to {cfg.out}: {exc}") from None
+    for row in table.itertuples():
+        print(f"{row.holds:>12}  {row.claim}")
+    print(f"claims: {paths['md']}  {paths['csv']}  {paths['html']}")
+    return 0
 
 
 # --- entry point -------------------------------------------------------------------------

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from html import escape
-
 from profiler.render.document import Alert, Block, Heading, Image, Para, Table
 
 
 def _text(text: str) -> str:
-    """Run strings may hold markup: escape it so that no Markdown viewer renders it."""
-    return escape(text, quote=False).replace("\n", " ")
+    """Run strings may hold markup: escape it so that no Markdown viewer renders it
+    (``<`` and ``&``; a ``>`` opens no tag and stays readable)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace("\n", " ")
 
 
 def _cell(text: str) -> str:
