@@ -2,25 +2,54 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from typing import Any
 
 import psutil
 import torch
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def _mallinfo2():
+    """glibc's ``mallinfo2`` (all arenas, about a microsecond), or None elsewhere."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        fn = libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype = _MallInfo2
+    fn.argtypes = []
+    return fn
+
+
 class StepMemory:
     """Allocator allocated / reserved / peak bytes and process RSS for one device.
 
     CUDA: ``torch.cuda`` allocator counters; the peak is reset after each read so
-    that ``peak_bytes`` is the peak within the step. CPU: PyTorch keeps no
-    allocator counters outside a profiler, so those three stay empty and RSS is
-    the memory measure.
+    that ``peak_bytes`` is the peak within the step. CPU: PyTorch's CPU allocator
+    is the C library's malloc and keeps no counters outside a profiler, so
+    ``allocated_bytes`` is glibc's ``mallinfo2`` bytes in use (uordblks + mmapped
+    hblkhd: tensors and every other C allocation of the process),
+    ``reserved_bytes`` equals it (as the run-directory contract says for CPU),
+    ``peak_bytes`` stays empty; without glibc all three stay empty. ``source``
+    names where the numbers come from.
     """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self._process = psutil.Process()
         self._cuda = device.type == "cuda"
+        self._mallinfo = None if self._cuda else _mallinfo2()
+        if self._cuda:
+            self.source = "torch.cuda caching allocator"
+        else:
+            self.source = "glibc mallinfo2 (uordblks + hblkhd)" if self._mallinfo else None
 
     def begin_step(self) -> None:
         if self._cuda:
@@ -33,6 +62,9 @@ class StepMemory:
             out["allocated_bytes"] = torch.cuda.memory_allocated(self.device)
             out["reserved_bytes"] = torch.cuda.memory_reserved(self.device)
             out["peak_bytes"] = torch.cuda.max_memory_allocated(self.device)
+        elif self._mallinfo is not None:
+            info = self._mallinfo()
+            out["allocated_bytes"] = out["reserved_bytes"] = info.uordblks + info.hblkhd
         out["rss_bytes"] = self._process.memory_info().rss
         return out
 
