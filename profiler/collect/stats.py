@@ -97,7 +97,8 @@ class CudaSnapshot:
 
     def start(self) -> None:
         if self.active:
-            torch.cuda.memory._record_memory_history(max_entries=self.max_entries)
+            torch.cuda.memory._record_memory_history(stacks="python",
+                                                     max_entries=self.max_entries)
 
     def dump(self, path: str) -> bool:
         if not self.active:
