@@ -117,17 +117,18 @@ def test_bad_option_in_a_subprocess(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_existing_run_and_unwritable_output(tmp_path):
+def test_existing_run_and_unwritable_output(tmp_path, capsys):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("x")
-    proc = run(profile_cmd(tmp_path, "taken", "--steps", "2", "--mode", "light", "--warmup", "0"))
-    assert proc.returncode == 2 and "already exists (use --overwrite)" in proc.stderr
+    argv = profile_cmd(tmp_path, "taken", "--steps", "2", "--mode", "light")[3:]
+    assert main(argv) == 2
+    assert "already exists (use --overwrite)" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "taken").iterdir()] == ["keep.txt"]
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    proc = run(profile_cmd(blocker / "runs", "x", "--steps", "2", "--mode", "light"))
-    assert proc.returncode == 2 and "is not writable" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+    assert main(profile_cmd(blocker / "runs", "x", "--steps", "2", "--mode", "light")[3:]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not writable" in err[0]
 
 
 def _wait_for(proc, needle: str, limit_s: float = 60.0) -> str:
