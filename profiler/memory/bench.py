@@ -8,7 +8,8 @@ Three measurements, printed as tables and written to ``--out`` (JSON):
   process, the kinds interleaved step by step (rotating order, each kind with
   its own RNG stream so the losses are identical). Step time: median and
   quartiles over the measured steps, and the median of the paired per-step
-  ratio to "off". One extra step per kind runs under ``torch.profiler``
+  ratio to "off"; also the time spent inside the workspace's own calls
+  (median per step), which the noise of a shared machine does not swamp. One extra step per kind runs under ``torch.profiler``
   (``profile_memory=True``): peak = bytes the pool holds when the step starts +
   the highest point of the running sum of the allocator's ``[memory]`` events
   during the step (parameters and optimizer state, equal for all kinds, are
@@ -167,6 +168,38 @@ def _totals(stats: dict[str, dict[str, int]]) -> dict[str, int]:
     return {k: sum(row[k] for row in stats.values()) for k in keys}
 
 
+class _TimedWorkspace:
+    """Delegates to a workspace and adds up the time spent inside its calls."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.ns = inner, getattr(inner, "name", "?"), 0
+
+    def empty(self, shape, *, dtype, device, category="scratch"):
+        t0 = time.perf_counter_ns()
+        out = self.inner.empty(shape, dtype=dtype, device=device, category=category)
+        self.ns += time.perf_counter_ns() - t0
+        return out
+
+    def zeros(self, shape, *, dtype, device, category="scratch"):
+        t0 = time.perf_counter_ns()
+        out = self.inner.zeros(shape, dtype=dtype, device=device, category=category)
+        self.ns += time.perf_counter_ns() - t0
+        return out
+
+    def release(self, tensor):
+        t0 = time.perf_counter_ns()
+        self.inner.release(tensor)
+        self.ns += time.perf_counter_ns() - t0
+
+    def end_step(self):
+        t0 = time.perf_counter_ns()
+        self.inner.end_step()
+        self.ns += time.perf_counter_ns() - t0
+
+    def pool_stats(self):
+        return self.inner.pool_stats()
+
+
 class _Runner:
     """One trainer per kind with its own RNG stream, stepped in turn on the same batches."""
 
@@ -175,7 +208,8 @@ class _Runner:
         self.trainers, self.rng = {}, {}
         for kind in kinds:
             torch.manual_seed(seed)
-            self.trainers[kind] = Trainer(config, device, workspace=make_workspace(kind, device))
+            workspace = _TimedWorkspace(make_workspace(kind, device))
+            self.trainers[kind] = Trainer(config, device, workspace=workspace)
             self.rng[kind] = torch.get_rng_state()
         self.data = SyntheticPairs(seed=seed)
 
@@ -196,14 +230,18 @@ def run_train(cfg: BenchConfig, preset: str) -> dict[str, Any]:
     config = make_config(preset, **cfg.overrides.get(preset, {}))
     runner = _Runner(config, device, cfg.kinds, cfg.seed)
     times: dict[str, list[float]] = {k: [] for k in cfg.kinds}
+    ws_ms: dict[str, list[float]] = {k: [] for k in cfg.kinds}
     losses: dict[str, list[float]] = {k: [] for k in cfg.kinds}
     for step in range(cfg.warmup + cfg.steps):
         shift = step % len(cfg.kinds)
         for kind in cfg.kinds[shift:] + cfg.kinds[:shift]:
+            ws = runner.trainers[kind].model.workspace
+            ns = ws.ns
             result, ms = runner.step(kind, step)
             losses[kind].append(result.loss)
             if step >= cfg.warmup:
                 times[kind].append(ms)
+                ws_ms[kind].append((ws.ns - ns) / 1e6)
     rows = []
     step = cfg.warmup + cfg.steps
     for kind in cfg.kinds:
@@ -219,6 +257,7 @@ def run_train(cfg: BenchConfig, preset: str) -> dict[str, Any]:
             "kind": kind, "median_ms": statistics.median(times[kind]), "q1_ms": q[0], "q3_ms": q[2],
             "min_ms": min(times[kind]), "max_ms": max(times[kind]),
             "paired_ratio_median": statistics.median(ratios),
+            "workspace_ms_median": statistics.median(ws_ms[kind]),
             "pool_held_bytes": before["held_bytes"] if before else 0,
             "peak_bytes": (before["held_bytes"] if before else 0) + mem["peak_delta_bytes"],
             "allocator_allocations": mem["allocations"],
@@ -285,7 +324,8 @@ def _print_tables(results: dict[str, Any]) -> None:
         print(f"train {run['preset']} (identical losses: {run['identical_losses']})")
         for r in run["rows"]:
             print(f"  {r['kind']:<8} median {r['median_ms']:9.1f} ms  IQR {r['q1_ms']:.1f}..{r['q3_ms']:.1f}"
-                  f"  ratio/off {r['paired_ratio_median']:.3f}  peak {r['peak_bytes'] / 2**20:8.1f} MiB"
+                  f"  ratio/off {r['paired_ratio_median']:.3f}"
+                  f"  in workspace {r['workspace_ms_median']:.3f} ms  peak {r['peak_bytes'] / 2**20:8.1f} MiB"
                   f"  allocs {r['allocator_allocations']:6d}  pool hits {r['pool_hits']}")
     for r in results.get("lattice", []):
         print(f"lattice {r['kind']:<8} largest W=H {r['largest_width']} in "
