@@ -74,7 +74,9 @@ def test_html_escapes_run_strings_and_is_self_contained(rendered):
 def test_warnings_are_visible(rendered):
     report, files = rendered
     assert f"run {EVIL} has status 'interrupted', not 'complete'" in report.warnings
-    assert "> **WARNING:** run &lt;script>alert(" in files["md"].read_text()
+    md = files["md"].read_text()
+    assert "> **WARNING:** run &lt;script>alert(" in md
+    assert "> **WARNING:** Regression gate (5.0%) failed: step time, step time (p90), " in md
     assert ('<div class="warning" role="alert">WARNING: run &lt;script&gt;'
             in files["html"].read_text())
 

@@ -26,7 +26,8 @@ RECONCILE_COLUMNS = (
 )
 
 
-def _usable(nvml: pd.DataFrame | None) -> pd.DataFrame:
+def usable_samples(nvml: pd.DataFrame | None) -> pd.DataFrame:
+    """nvml.csv rows without the samples marked lost (empty without data)."""
     if nvml is None or nvml.empty:
         return pd.DataFrame()
     lost = pd.to_numeric(nvml["lost"], errors="coerce").fillna(0) > 0
@@ -35,7 +36,7 @@ def _usable(nvml: pd.DataFrame | None) -> pd.DataFrame:
 
 def nvml_peaks(nvml: pd.DataFrame | None) -> pd.DataFrame:
     """One row per GPU (``NVML_PEAK_COLUMNS``); empty metrics stay nan, never invented."""
-    rows = _usable(nvml)
+    rows = usable_samples(nvml)
     if rows.empty:
         return pd.DataFrame(columns=list(NVML_PEAK_COLUMNS))
     out = rows.groupby(rows["gpu"].astype(str)).agg(
@@ -49,7 +50,7 @@ def nvml_peaks(nvml: pd.DataFrame | None) -> pd.DataFrame:
 def reconcile(nvml: pd.DataFrame | None) -> pd.DataFrame:
     """Per GPU, at the sample of peak used memory: NVML used against allocated + allocator
     cache + non-PyTorch memory (``RECONCILE_COLUMNS``, bytes)."""
-    rows = _usable(nvml)
+    rows = usable_samples(nvml)
     if rows.empty or rows["used_bytes"].isna().all():
         return pd.DataFrame(columns=list(RECONCILE_COLUMNS))
     out = []

@@ -116,7 +116,7 @@ def regressions(summary: pd.DataFrame, threshold: float) -> pd.DataFrame:
 def _nvml_metrics(base: Run, new: Run, stats: StatsConfig) -> pd.DataFrame:
     tables = {}
     for side, run in (("base", base), ("new", new)):
-        usable = nvml._usable(run.nvml)
+        usable = nvml.usable_samples(run.nvml)
         columns = {}
         if not usable.empty:
             for gpu, group in usable.groupby(usable["gpu"].astype(str)):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from profiler.analyze.report import Report
+from profiler.analyze.report import Report, regressions
 from profiler.analyze.stats import BETTER, NOISE, WORSE
 from profiler.render.format import (
     MISSING,
@@ -133,6 +133,13 @@ def _overview(summary: pd.DataFrame, gate: float | None) -> list[Block]:
     parts = [f"{int(counts.get(v, 0))} {v}" for v in (WORSE, BETTER, NOISE)]
     blocks: list[Block] = [Heading(2, "Verdict"), Para(f"{len(summary)} metrics: "
                                                       + ", ".join(parts) + ".")]
+    if gate is not None:
+        failed = regressions(summary, gate)
+        if failed.empty:
+            blocks.append(Para(f"Regression gate ({gate:.1%}): passed."))
+        else:
+            blocks.append(Alert(f"Regression gate ({gate:.1%}) failed: "
+                                + ", ".join(failed["metric"]) + "."))
     notable = summary[summary["verdict"].isin([WORSE, BETTER])]
     if not notable.empty:
         blocks.append(_summary_table(notable))
