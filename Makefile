@@ -9,6 +9,7 @@ DEVICE  ?= auto
 MODE    ?= full
 BASE    ?=
 NEW     ?=
+FAIL    ?=
 PORT    ?= 6006
 export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
@@ -43,8 +44,8 @@ profile: .venv/.installed
 		--device $(DEVICE) --mode $(MODE)
 
 report: .venv/.installed
-	@test -n "$(BASE)" -a -n "$(NEW)" || { echo "usage: make report BASE=runs/<a> NEW=runs/<b>"; exit 2; }
-	$(PY) -m profiler report $(BASE) $(NEW)
+	@test -n "$(BASE)" -a -n "$(NEW)" || { echo "usage: make report BASE=runs/<a> NEW=runs/<b> [FAIL=5%]"; exit 2; }
+	$(PY) -m profiler report $(BASE) $(NEW) $(if $(FAIL),--fail-on-regression $(FAIL))
 
 claims: .venv/.installed
 	$(PY) -m profiler claims --device $(DEVICE)
