@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import pandas as pd
 import torch
 
 from profiler.analyze.memory import memory_growth, pool_rows
@@ -52,6 +53,33 @@ MODES = ("bare", "light", "full")
 STEP_EXTRA_COLUMNS = ("end_ts",)  # extension of STEPS_COLUMNS: step end, seconds since epoch
 
 
+class StepLog:
+    """Step rows kept as small tuples: a long run's bookkeeping stays out of the C heap
+    that ``allocated_bytes`` measures on CPU. Indexing and iteration give dicts."""
+
+    COLUMNS = (*STEPS_COLUMNS, *STEP_EXTRA_COLUMNS, "instrumented")
+
+    def __init__(self) -> None:
+        self._rows: list[tuple] = []
+
+    def append(self, row: dict[str, Any]) -> None:
+        self._rows.append(tuple(row.get(c) for c in self.COLUMNS))
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [dict(zip(self.COLUMNS, r, strict=True)) for r in self._rows[index]]
+        return dict(zip(self.COLUMNS, self._rows[index], strict=True))
+
+    def __iter__(self):
+        return (dict(zip(self.COLUMNS, r, strict=True)) for r in self._rows)
+
+    def frame(self, columns: tuple[str, ...]) -> pd.DataFrame:
+        return pd.DataFrame.from_records(self._rows, columns=list(self.COLUMNS))[list(columns)]
+
+
 @dataclass(frozen=True)
 class ProfileOptions:
     run_dir: Path
@@ -82,7 +110,7 @@ class ProfileSession:
         self.make_workload = make_workload
         self.log = log
         self.writer = RunWriter(options.run_dir)
-        self.rows: list[dict[str, Any]] = []
+        self.rows = StepLog()
         self.pool_rows: list[dict[str, Any]] = []
         self.memory = StepMemory(device)
         self.nvml = NvmlSampler(options.nvml, device)
@@ -204,7 +232,7 @@ class ProfileSession:
         columns = STEPS_COLUMNS + STEP_EXTRA_COLUMNS
         if self.o.measure_overhead:
             columns = columns + ("instrumented",)
-        self.writer.write_csv(STEPS_CSV, [{k: r.get(k) for k in columns} for r in self.rows], columns)
+        self.writer.write_csv(STEPS_CSV, self.rows.frame(columns), columns)
         if self.o.mode != "bare":
             self.scalars.steps(self.rows[self._scalar_rows:])
             self._scalar_rows = len(self.rows)
@@ -281,8 +309,6 @@ class ProfileSession:
         self.writer.meta["timings"]["trace_postprocess_s"] = round(time.perf_counter() - t0, 3)
 
     def _summarize(self, elapsed_s: float) -> None:
-        import pandas as pd
-
         timings = self.writer.meta["timings"]
         timings["total_s"] = round(elapsed_s, 3)
         measured = [r for r in self.rows if r["phase"] == "measured"]
@@ -293,11 +319,11 @@ class ProfileSession:
             timings["step_ms_mean"] = statistics.fmean(walls)
             timings["samples_per_s"] = samples * 1000.0 / sum(walls) if sum(walls) else None
         if self.o.measure_overhead:
-            timings["overhead"] = paired_overhead(self.rows)
-        if self.rows:
-            steps = pd.DataFrame(self.rows).reindex(columns=list(STEPS_COLUMNS))
+            timings["overhead"] = paired_overhead(list(self.rows))
+        if len(self.rows):
+            steps = self.rows.frame((*STEPS_COLUMNS, "instrumented"))
             if self.o.measure_overhead:
-                steps = steps[[r["instrumented"] == 1 for r in self.rows]]
+                steps = steps[steps["instrumented"] == 1]
             self.writer.update(memory_growth=memory_growth(steps))
 
 
