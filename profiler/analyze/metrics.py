@@ -164,9 +164,7 @@ def compare_metrics(specs: list[MetricSpec] | tuple[MetricSpec, ...], base: pd.D
 
 def _row(spec: MetricSpec, b: float, n: float, ratio: float, lo: float, hi: float,
          noise_pct: float, v: str, bs: np.ndarray | None, ns: np.ndarray | None) -> dict:
-    metric = spec.metric if spec.statistic == "median" else f"{spec.metric} ({spec.statistic})"
-    if spec.statistic == "max" and spec.metric.startswith("peak"):
-        metric = spec.metric
+    metric = f"{spec.metric} (p90)" if spec.statistic == "p90" else spec.metric
     return {
         "section": spec.section, "metric": metric, "unit": spec.unit,
         "statistic": spec.statistic, "base": b, "new": n, "delta": n - b, "ratio": ratio,
