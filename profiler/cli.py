@@ -24,7 +24,7 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="debug",
                    help="model preset: debug | experiment | optimized (default: debug)")
     p.add_argument("--steps", type=int, default=None,
-                   help=f"training steps (default: {DEFAULT_STEPS} in full/light mode)")
+                   help=f"training steps (default: {DEFAULT_STEPS})")
     p.add_argument("--name", default=None,
                    help="run name, the directory under --out (default: <preset>-<variant>-"
                         "<mode>-<UTC time>)")
@@ -37,7 +37,8 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", default="full",
                    help="bare (no instrumentation) | light (allocator stats, NVML, scalars) | "
                         "full (light + torch.profiler trace window; default)")
-    p.add_argument("--out", default="runs", help="parent directory of run directories")
+    p.add_argument("--out", default="runs",
+                   help="parent directory of run directories (default: runs)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing run directory of the same name")
     p.add_argument("--set", dest="overrides", action="append", default=[],
