@@ -176,9 +176,10 @@ def _profile_summary(meta: dict) -> str:
         lines.append(f"memory ({g['metric']}): {g['verdict']}{per_text}")
     a = meta.get("attribution")
     if a:
-        lines.append(f"attribution: categories {a['sum_categories_bytes']} B vs allocator "
-                     f"{a['allocator_total_bytes']} B over {a['events']} events "
-                     f"({'ok' if a['ok'] else 'MISMATCH'}, tolerance {a['tolerance_bytes']} B)")
+        lines.append(f"attribution: {a['events']} allocator events in the trace window; "
+                     f"sum over categories {a['sum_categories_bytes']} B vs allocator change "
+                     f"{a['allocator_total_bytes']} B: {'ok' if a['ok'] else 'MISMATCH'} "
+                     f"(tolerance {a['tolerance_bytes']} B)")
     nv = meta.get("nvml") or {}
     lines.append("nvml: sampled" if nv.get("available") else f"nvml: {nv.get('reason')}")
     if meta.get("error"):
@@ -287,6 +288,9 @@ def _add_claims(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lattice", action="store_true",
                    help="also find the largest lattice within a memory budget, pool off vs on "
                         "(default on CUDA only; slow on CPU)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice); 1 gives stable CPU "
+                        "timings on a machine shared with other work")
     p.add_argument("--out", default="reports/claims", help="output directory")
     p.set_defaults(handler=_run_claims)
 
@@ -303,6 +307,10 @@ def _run_claims(args: argparse.Namespace) -> int:
     from profiler.render.claims import write_claims
     from profiler.rundir import atomic_write_text
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

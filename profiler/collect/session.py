@@ -10,6 +10,7 @@ writes everything collected so far and a run.json with the status.
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 import sys
 import time
@@ -50,6 +51,12 @@ from profiler.rundir import (
 )
 
 MODES = ("bare", "light", "full")
+# Environment variables that change speed or memory behaviour, recorded in run.json
+# ("environment", an extension of RUN_JSON_KEYS). On CPU, oneDNN caches one primitive per
+# new tensor shape (flow counts vary), which shows as slow allocator growth; capacity 0
+# turns that cache off.
+ENVIRONMENT_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ONEDNN_PRIMITIVE_CACHE_CAPACITY",
+                    "CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF", "CUBLAS_WORKSPACE_CONFIG")
 STEP_EXTRA_COLUMNS = ("end_ts",)  # extension of STEPS_COLUMNS: step end, seconds since epoch
 
 
@@ -138,7 +145,8 @@ class ProfileSession:
             warmup_steps=min(o.warmup, o.steps), trace=None, attribution=None,
             nvml={"available": False, "reason": "NVML unavailable: not sampled in bare mode",
                   "interval_s": o.nvml.interval_s},
-            timings={}, memory_growth=None)
+            timings={}, memory_growth=None,
+            environment={k: os.environ.get(k) for k in ENVIRONMENT_KEYS if k in os.environ})
         self.writer.write_run()
         t_start = time.perf_counter()
         status, error, at_failure = "complete", None, None
