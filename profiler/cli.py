@@ -285,6 +285,8 @@ def _add_claims(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=5, help="repeats of the fast variants")
     p.add_argument("--steps", type=int, default=4, help="measured training steps per round")
     p.add_argument("--cleanup-steps", type=int, default=16, help="steps of the cleanup runs")
+    p.add_argument("--pool-steps", type=int, default=12,
+                   help="measured steps per pool kind (interleaved)")
     p.add_argument("--lattice", action="store_true",
                    help="also find the largest lattice within a memory budget, pool off vs on "
                         "(default on CUDA only; slow on CPU)")
@@ -322,7 +324,7 @@ def _run_claims(args: argparse.Namespace) -> int:
             overrides = dict(CPU_OVERRIDES)
         cfg = ClaimsConfig(device=device, preset=args.preset, overrides=overrides,
                            flows=args.flows, repeats=args.repeats, train_steps=args.steps,
-                           cleanup_steps=args.cleanup_steps,
+                           cleanup_steps=args.cleanup_steps, pool_steps=args.pool_steps,
                            lattice=args.lattice or device.startswith("cuda"), out=Path(args.out))
         cfg.model_config()
     except (ConfigError, ValueError) as exc:

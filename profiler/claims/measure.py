@@ -44,7 +44,7 @@ class ClaimsConfig:
     train_rounds: int = 2  # before/after alternate this many times (load drift cancels)
     cleanup_steps: int = 16
     cleanup_warmup: int = 4
-    pool_steps: int = 6
+    pool_steps: int = 12
     pool_warmup: int = 2
     lattice: bool = False  # largest lattice within a budget, pool off vs on (slow on CPU)
     lattice_budget_mib: int = 256
@@ -66,7 +66,8 @@ class ClaimsConfig:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"cpu ({threads} thread{'' if threads == 1 else 's'})"
 
 
 def measure_training(cfg: ClaimsConfig, device: torch.device) -> tuple[Measurement, dict]:
