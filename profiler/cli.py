@@ -290,6 +290,10 @@ def _add_claims(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lattice", action="store_true",
                    help="also find the largest lattice within a memory budget, pool off vs on "
                         "(default on CUDA only; slow on CPU)")
+    p.add_argument("--lattice-budget-mib", type=int, default=256,
+                   help="memory budget of the lattice search (default 256)")
+    p.add_argument("--lattice-max", type=int, default=64,
+                   help="largest lattice width tried (default 64)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice); 1 gives stable CPU "
                         "timings on a machine shared with other work")
@@ -325,7 +329,9 @@ def _run_claims(args: argparse.Namespace) -> int:
         cfg = ClaimsConfig(device=device, preset=args.preset, overrides=overrides,
                            flows=args.flows, repeats=args.repeats, train_steps=args.steps,
                            cleanup_steps=args.cleanup_steps, pool_steps=args.pool_steps,
-                           lattice=args.lattice or device.startswith("cuda"), out=Path(args.out))
+                           lattice=args.lattice or device.startswith("cuda"),
+                           lattice_budget_mib=args.lattice_budget_mib,
+                           lattice_max=args.lattice_max, out=Path(args.out))
         cfg.model_config()
     except (ConfigError, ValueError) as exc:
         raise UsageError(str(exc)) from None
