@@ -17,7 +17,7 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px;
 table { border-collapse: collapse; margin: 0.6em 0 1.4em; font-size: 0.88em; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 th { background: #f0f0f0; }
-td:first-child, th:first-child { text-align: left; }
+td:first-child, th:first-child, td.t { text-align: left; }
 tr.worse td { background: #fde0dc; }
 tr.better td { background: #e0f3e0; }
 tr.differs td { background: #fff3c4; }
@@ -51,12 +51,18 @@ def render_html(blocks: list[Block], plots: dict[str, bytes]) -> str:
             + "\n".join(body) + "\n</body></html>\n")
 
 
+def _cell(text: str) -> str:
+    """Numbers right-aligned (the default), words left-aligned."""
+    numeric = not text or text[0] in "+-[0123456789" or text == "n/a"
+    return f"<td>{escape(text)}</td>" if numeric else f'<td class="t">{escape(text)}</td>'
+
+
 def _table(block: Table) -> str:
     lines = ["<table>", "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in block.headers)
              + "</tr>"]
     for i, row in enumerate(block.rows):
         mark = block.classes[i] if i < len(block.classes) else ""
         attr = f' class="{escape(mark)}"' if mark else ""
-        lines.append(f"<tr{attr}>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>")
+        lines.append(f"<tr{attr}>" + "".join(_cell(c) for c in row) + "</tr>")
     lines.append("</table>")
     return "\n".join(lines)
