@@ -40,6 +40,7 @@ class Report:
     growth: dict[str, dict[str, Any]]  # side -> analyze.memory.memory_growth() result
     timelines: dict[str, pd.DataFrame]  # side -> region peak bytes per step (category_timeline)
     warmup_steps: dict[str, int]
+    skipped_steps: dict[str, int]  # measured steps skipped as non-finite
     step_times: dict[str, np.ndarray]  # side -> measured wall_ms samples
     peaks: pd.DataFrame  # index category, columns base / new: region peak bytes
     warnings: tuple[str, ...]
@@ -96,6 +97,8 @@ def build_report(base: Run, new: Run, config: ReportConfig) -> Report:
         timelines={s: categories.category_timeline(r.memory, "region", "peak_bytes")
                    for s, r in runs.items()},
         warmup_steps={s: int((r.steps["phase"] == "warmup").sum()) for s, r in runs.items()},
+        skipped_steps={s: int(pd.to_numeric(r.measured["skipped"], errors="coerce").fillna(0)
+                              .gt(0).sum()) for s, r in runs.items()},
         step_times={s: samples[s]["wall_ms"].to_numpy(dtype=np.float64) for s in SIDES},
         peaks=pd.DataFrame({"base": region_peaks["base"], "new": region_peaks["new"]}),
         warnings=tuple(warnings),

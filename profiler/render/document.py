@@ -100,8 +100,10 @@ def _runs_table(report: Report) -> Table:
     rows = []
     for side in ("base", "new"):
         rows.append([side, report.names[side], report.paths[side], report.statuses[side],
-                     str(report.warmup_steps[side]), str(report.step_times[side].size)])
-    return Table(["", "run", "path", "status", "warm-up steps", "measured steps"], rows,
+                     str(report.warmup_steps[side]), str(report.step_times[side].size),
+                     str(report.skipped_steps[side])])
+    return Table(["", "run", "path", "status", "warm-up steps", "measured steps",
+                  "skipped (non-finite)"], rows,
                  ["" if report.statuses[s] == "complete" else "worse" for s in ("base", "new")])
 
 
