@@ -92,7 +92,7 @@ def test_sections_present(rendered):
         assert heading in md, heading
     assert ("| **aten::gru** | 5.0 | 5.0 | 4500.0 us | 9000.0 us | +4500.0 us | 6000.0 us "
             "| 12000.0 us | 0.0 us | 2.000x |") in md
-    assert re.search(r"^\| new \| &lt;script>.* \| interrupted \| 3 \| 27 \| 0 \|$", md,
+    assert re.search(r"^\| \*\*new\*\* \| &lt;script>.* \| interrupted \| 3 \| 27 \| 0 \|$", md,
                      re.MULTILINE)
     for name in ("memory_over_steps", "step_time", "category_peaks"):
         assert f"(plots/{name}.png)" in md
