@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 
@@ -44,8 +45,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from energy_flow.trainer import Trainer
 
     device = _device(args.device)
-    if args.steps <= 0:
-        raise ConfigError(f"--steps must be positive, got {args.steps}")
+    if args.steps <= 0 or args.epoch_steps <= 0:
+        raise ConfigError(f"--steps and --epoch-steps must be positive, got {args.steps} and "
+                          f"{args.epoch_steps}")
     trainer = Trainer(config, device)
     if args.resume:
         trainer.load_checkpoint(args.resume)
@@ -58,6 +60,11 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"batch={config.batch_size} flows={config.initial_flows}", file=sys.stderr)
     last_report = time.perf_counter()
     losses: list[float] = []
+    # An epoch is one pass over --data, or --epoch-steps synthetic batches; the LR scheduler
+    # (ReduceLROnPlateau) sees each epoch's mean loss.
+    epoch_steps = args.epoch_steps
+    if pairs is not None:
+        epoch_steps = -(-pairs[0].shape[0] // config.batch_size)
     for i in range(args.steps):
         if pairs is None:
             inputs, targets = synthetic.batch(config.batch_size, trainer.step, device)
@@ -69,9 +76,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = trainer.train_step(inputs, targets)
         _sync(device)
         ms = (time.perf_counter() - start) * 1e3
-        losses.append(result.loss)
+        if not result.skipped:
+            losses.append(result.loss)
+        if (i + 1) % epoch_steps == 0 and losses:
+            trainer.end_epoch(sum(losses) / len(losses))
+            losses.clear()
         if args.jsonl:
-            record = {"step": result.step, "loss": result.loss, "ms": round(ms, 3),
+            loss = result.loss if math.isfinite(result.loss) else None  # strict JSON
+            record = {"step": result.step, "loss": loss, "ms": round(ms, 3),
                       "flows_created": result.flows_created,
                       "flows_completed": result.flows_completed,
                       "flows_live_peak": result.flows_live_peak,
@@ -124,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                        help="override a config field (repeatable)")
     train.add_argument("--data", help=".pt file with input_embeddings/target_embeddings")
+    train.add_argument("--epoch-steps", type=int, default=100,
+                       help="synthetic steps per epoch (LR scheduler period)")
     train.add_argument("--checkpoint", help="write a checkpoint here at the end")
     train.add_argument("--resume", help="load this checkpoint before training")
     train.set_defaults(func=cmd_train)

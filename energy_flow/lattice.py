@@ -47,7 +47,7 @@ def _surface_of_grid_index(index: Tensor, config: EnergyConfig) -> Tensor:
 def _quantize_broadcast(positions: Tensor, config: EnergyConfig) -> Tensor:
     """The historical version: the full [N, G, 3] distance tensor, then argmin (O(N*G) memory)."""
     grid = _grid_points(config, positions.device)
-    distance = (positions[:, None, :] - grid[None, :, :]).pow(2).sum(-1)  # [N, G]
+    distance = (positions[:, None, :] - grid[None, :, :]).pow_(2).sum(-1)  # [N, G, 3] -> [N, G]
     return _surface_of_grid_index(distance.argmin(dim=1), config)
 
 

@@ -183,3 +183,23 @@ def test_cleanup_runs_at_the_configured_interval(make_tiny, interval):
     out = EnergyFlowModel(cfg)(*_pairs(cfg))
     assert out.stats.cleanups == (out.stats.steps_taken // interval if interval else 0)
     assert out.stats.steps_taken >= 4 or out.stats.flows_projected == 0
+
+
+def test_position_history_holds_the_last_positions(make_tiny):
+    cfg = make_tiny(movement_spawning=False, max_steps=3, convergence_min_steps=3)
+    model = EnergyFlowModel(cfg).eval()
+    start = model.lattice.cell_positions(torch.device("cpu")).repeat(2, 1)
+    states = []
+    model.processor.on_step = lambda step, state: states.append(
+        (state.positions.detach().clone(), state.history.clone(), state.flow_id.clone()))
+    model(*_pairs(cfg))
+    pos1, hist1, ids1 = states[0]
+    assert torch.equal(hist1[:, -1], pos1)  # newest entry: where the flow is now
+    assert torch.equal(hist1[:, -2], start[ids1])  # before that: where it started
+    assert torch.equal(hist1[:, 0], start[ids1])  # older slots still hold the start
+    assert not torch.equal(hist1[:, -1], hist1[:, -2])
+    assert len(states) >= 2
+    pos2, hist2, ids2 = states[1]
+    row = {int(i): k for k, i in enumerate(ids1)}
+    prev = torch.stack([pos1[row[int(i)]] for i in ids2])
+    assert torch.equal(hist2[:, -2], prev) and torch.equal(hist2[:, -1], pos2)
