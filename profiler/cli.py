@@ -163,7 +163,9 @@ def _profile_summary(meta: dict) -> str:
              f"  device {meta['device']['type']}  mode {meta['config']['mode']}"]
     if t.get("step_ms_median") is not None:
         lines.append(f"step time: median {t['step_ms_median']:.1f} ms, "
-                     f"{t['samples_per_s']:.1f} samples/s (warm-up excluded)")
+                     f"{t['samples_per_s']:.1f} samples/s (warm-up and traced steps excluded)")
+    if t.get("traced_step_ms_median") is not None:
+        lines.append(f"traced steps: median {t['traced_step_ms_median']:.1f} ms")
     if t.get("overhead"):
         o = t["overhead"]
         if o.get("pairs"):
@@ -216,6 +218,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
                    help="noise-threshold floor of timing metrics (default 5%%)")
     p.add_argument("--memory-noise", metavar="P", type=_percent, default=0.02,
                    help="noise threshold of allocator memory metrics (default 2%%)")
+    p.add_argument("--min-bytes", type=int, default=64 * 1024,
+                   help="memory differences below this many bytes are noise (default 65536)")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--top", type=int, default=15, help="operators listed (default 15)")
     p.set_defaults(handler=_run_report)
@@ -242,7 +246,7 @@ def _run_report(args: argparse.Namespace) -> int:
 
     try:
         stats = StatsConfig(resamples=args.resamples, noisy_floor=args.noise,
-                            deterministic_floor=args.memory_noise)
+                            deterministic_floor=args.memory_noise, min_bytes=args.min_bytes)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

@@ -57,6 +57,7 @@ def test_full_run_writes_the_whole_run_directory(tmp_path):
     steps = pd.read_csv(run_dir / "steps.csv")
     assert list(steps.columns[: len(STEPS_COLUMNS)]) == list(STEPS_COLUMNS)
     assert steps["phase"].tolist() == ["warmup"] * 2 + ["measured"] * 6
+    assert steps["traced"].tolist() == [0, 0, 1, 1, 1, 1, 0, 0]  # profiler warm-up + active
     parts = steps["forward_ms"] + steps["backward_ms"] + steps["optimizer_ms"]
     assert ((parts <= steps["wall_ms"] + 1e-6) & (parts > 0.5 * steps["wall_ms"])).all()
     assert (steps["rss_bytes"] > 0).all() and (steps["flows_created"] >= 32).all()

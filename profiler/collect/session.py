@@ -57,7 +57,10 @@ MODES = ("bare", "light", "full")
 # turns that cache off.
 ENVIRONMENT_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ONEDNN_PRIMITIVE_CACHE_CAPACITY",
                     "CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF", "CUBLAS_WORKSPACE_CONFIG")
-STEP_EXTRA_COLUMNS = ("end_ts",)  # extension of STEPS_COLUMNS: step end, seconds since epoch
+# Extensions of STEPS_COLUMNS: end_ts = step end, seconds since the epoch; traced = 1 when
+# torch.profiler was warming up or recording during the step (slower: kept out of the
+# step-time statistics in run.json timings).
+STEP_EXTRA_COLUMNS = ("end_ts", "traced")
 
 
 class StepLog:
@@ -186,7 +189,8 @@ class ProfileSession:
             for i in range(o.steps):
                 self._stop.check()
                 bare = o.mode == "bare" or (o.measure_overhead and (i % 2) == ((i // 2) % 2))
-                self.rows.append(self._step(i, bare))
+                traced = self.trace is not None and self.trace.recording
+                self.rows.append({**self._step(i, bare), "traced": int(traced)})
                 if self.trace is not None:
                     self.trace.step()
                 if o.mode != "bare" and o.pool != "off":
@@ -319,7 +323,10 @@ class ProfileSession:
     def _summarize(self, elapsed_s: float) -> None:
         timings = self.writer.meta["timings"]
         timings["total_s"] = round(elapsed_s, 3)
-        measured = [r for r in self.rows if r["phase"] == "measured"]
+        measured = [r for r in self.rows if r["phase"] == "measured" and not r["traced"]]
+        traced = [r["wall_ms"] for r in self.rows if r["phase"] == "measured" and r["traced"]]
+        if traced:
+            timings["traced_step_ms_median"] = statistics.median(traced)
         if measured:
             walls = [r["wall_ms"] for r in measured]
             samples = sum(r.get("samples") or 0 for r in measured)
