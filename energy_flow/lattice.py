@@ -122,20 +122,18 @@ class EnergyLattice:
                 f"{batch_size * surface} initial flows exceed max_flows={self.config.max_flows}"
             )
         if method == "batched":
-            positions, energy, batch = self._init_batched(surface_energy)
-        elif method == "loop":
-            positions, energy, batch = self._init_loop(surface_energy)
-        else:
-            raise ValueError(f"flow_init must be 'loop' or 'batched', got {method!r}")
-        return self._state(positions, energy, batch)
+            return self._init_batched(surface_energy)
+        if method == "loop":
+            return self._state(*self._init_loop(surface_energy))
+        raise ValueError(f"flow_init must be 'loop' or 'batched', got {method!r}")
 
-    def _init_batched(self, surface_energy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _init_batched(self, surface_energy: Tensor) -> FlowState:
         batch_size, surface = surface_energy.shape
         device = surface_energy.device
         cells = self.cell_positions(device)  # [S, 3]
         positions = cells.repeat(batch_size, 1)  # [B*S, 3]
         batch = torch.arange(batch_size, device=device).repeat_interleave(surface)
-        return positions, surface_energy.reshape(-1), batch
+        return self._state(positions, surface_energy.reshape(-1), batch, cells)
 
     def _init_loop(self, surface_energy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The historical version: one flow at a time."""
@@ -155,7 +153,11 @@ class EnergyLattice:
         return (torch.stack(positions), torch.stack(energy),
                 torch.tensor(batch, dtype=torch.long, device=device))
 
-    def _state(self, positions: Tensor, energy: Tensor, batch: Tensor) -> FlowState:
+    def _state(self, positions: Tensor, energy: Tensor, batch: Tensor,
+               cells: Tensor | None = None) -> FlowState:
+        """The per-flow bookkeeping around positions/energy/batch. With ``cells`` [S, 3]
+        (positions = cells repeated per sample) origin and history are filled by
+        contiguous per-sample block copies instead of a strided broadcast."""
         n, device = positions.shape[0], positions.device
         ws, steps = self.workspace, self.config.position_history
         age = ws.zeros((n,), dtype=torch.long, device=device, category="flow_state")
@@ -163,9 +165,15 @@ class EnergyLattice:
         torch.arange(n, device=device, out=flow_id)
         parent = ws.empty((n,), dtype=torch.long, device=device, category="flow_state").fill_(-1)
         origin = ws.empty((n, 3), dtype=torch.float32, device=device, category="flow_state")
-        origin.copy_(positions)
         history = ws.empty((n, steps, 3), dtype=torch.float32, device=device, category="flow_state")
-        history.copy_(positions.detach()[:, None, :].expand(n, steps, 3))
+        if cells is None:
+            origin.copy_(positions.detach())
+            history.copy_(positions.detach()[:, None, :].expand(n, steps, 3))
+        else:
+            blocks = n // cells.shape[0]
+            origin.view(blocks, -1).copy_(cells.reshape(1, -1).expand(blocks, -1))
+            cell_history = cells[:, None, :].expand(-1, steps, 3).reshape(1, -1)  # [1, S*P*3]
+            history.view(blocks, -1).copy_(cell_history.expand(blocks, -1))
         return FlowState(positions=positions, energy=energy, hidden=None, batch=batch, age=age,
                          flow_id=flow_id, parent=parent, origin=origin, history=history)
 
