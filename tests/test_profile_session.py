@@ -20,12 +20,14 @@ TINY = dict(lattice_width=4, lattice_height=4, lattice_depth=4, batch_size=2,
 CPU = torch.device("cpu")
 
 
-def session(tmp_path, name, mode, steps=5, pool="off", factory=make_energy_flow_workload):
+def session(tmp_path, name, mode, steps=5, pool="off", factory=make_energy_flow_workload,
+            device=CPU):
     options = ProfileOptions(
         run_dir=tmp_path / name, name=name, preset="debug", variant="after", pool=pool,
         mode=mode, steps=steps, warmup=1, monitor_interval=2, overrides=TINY,
         nvml=NvmlConfig(), trace=TraceSchedule(wait=1, warmup=1, active=2))
-    return ProfileSession(options, make_config("debug", **TINY), CPU, factory, log=io.StringIO())
+    return ProfileSession(options, make_config("debug", **TINY), device, factory,
+                          log=io.StringIO())
 
 
 def test_same_seed_same_losses_with_and_without_profiling(tmp_path):
@@ -109,3 +111,24 @@ def test_paired_overhead_uses_measured_pairs_only():
     assert got["pairs"] == 3
     assert got["overhead_pct_paired_median"] == pytest.approx(100 * 2.0 / 98.0)
     assert got["bare_ms_median"] == 100.0 and got["light_ms_median"] == 101.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_full_run_on_cuda(tmp_path):
+    meta = session(tmp_path, "cuda", "full", steps=6, device=torch.device("cuda")).run()
+    assert meta["status"] == "complete", meta["error"]
+    assert meta["device"]["type"] == "cuda"
+    assert meta["attribution"]["device"] == "cuda:0" and meta["attribution"]["ok"]
+    steps = pd.read_csv(tmp_path / "cuda" / "steps.csv")
+    assert (steps["allocated_bytes"] > 0).all()
+    assert (steps["reserved_bytes"] >= steps["allocated_bytes"]).all()
+    assert (steps["peak_bytes"] >= steps["allocated_bytes"]).all()
+    alloc = pd.read_csv(tmp_path / "cuda" / "allocations.csv")
+    assert (alloc["device"] == "cuda:0").any()
+    assert (tmp_path / "cuda" / "cuda_memory_snapshot.pickle").stat().st_size > 0
+    if meta["nvml"]["available"]:
+        nvml = pd.read_csv(tmp_path / "cuda" / "nvml.csv")
+        assert len(nvml) >= 1 and (nvml["lost"] == 0).all()
+        total = nvml["torch_allocated_bytes"] + nvml["torch_cache_bytes"] + nvml["non_torch_bytes"]
+        assert (total == nvml["used_bytes"]).all()
