@@ -28,7 +28,7 @@ def _steps(wall, phase=None, samples=2, flow_steps=100):
 def test_ratio_and_drift_exact():
     assert stats.ratio_of(4.0, 5.0) == 1.25
     assert stats.ratio_of(0.0, 0.0) == 1.0
-    assert math.isnan(stats.ratio_of(0.0, 3.0))
+    assert stats.ratio_of(0.0, 3.0) == math.inf
     # halves [10, 10, 10] and [12, 12, 12]: |12 - 10| / 12
     assert stats.drift(np.array([10, 10, 10, 12, 12, 12.0])) == pytest.approx(2 / 12)
     assert stats.drift(np.array([1.0, 2.0, 3.0])) == 0.0  # fewer than 4 samples
@@ -63,6 +63,22 @@ def test_compare_samples_constant_samples_give_exact_interval():
     cfg = StatsConfig()
     cmp = stats.compare_samples(np.full(8, 10.0), np.full(8, 15.0), 0.5, cfg)
     assert (cmp.base, cmp.new, cmp.ratio, cmp.ci_low, cmp.ci_high) == (10.0, 15.0, 1.5, 1.5, 1.5)
+
+
+def test_a_metric_appearing_from_zero_is_worse():
+    cmp = stats.compare_samples(np.zeros(6), np.full(6, 3.0), 0.5, StatsConfig())
+    assert (cmp.ratio, cmp.ci_low, cmp.ci_high) == (math.inf, math.inf, math.inf)
+    assert stats.verdict(cmp.ratio, cmp.ci_low, cmp.ci_high, 0.02, True) == WORSE
+
+
+def test_memory_differences_under_min_bytes_are_noise():
+    spec = metrics.MetricSpec("category", "peak [region/loss]", "x", "bytes", statistic="max",
+                              noisy=False, gated=True)
+    base, new = pd.DataFrame({"x": [200.0, 268.0]}), pd.DataFrame({"x": [400.0, 536.0]})
+    row = metrics.compare_metrics([spec], base, new, StatsConfig(min_bytes=1024)).iloc[0]
+    assert (row["ratio"], row["verdict"]) == (2.0, NOISE)
+    row = metrics.compare_metrics([spec], base, new, StatsConfig(min_bytes=0)).iloc[0]
+    assert (row["ratio"], row["verdict"]) == (2.0, WORSE)
 
 
 def test_compare_samples_without_enough_samples_has_no_interval():

@@ -42,7 +42,7 @@ def write_run(path: Path, *, name: str | None = None, steps: int = 40, warmup: i
     rows = []
     for s in n:
         for i, region in enumerate(REGIONS):
-            peak = (i + 1) * 10_000 * (carrier_scale if region == "carrier" else 1.0)
+            peak = (i + 1) * 100_000 * (carrier_scale if region == "carrier" else 1.0)
             rows.append({"step": s, "view": "region", "category": region,
                          "live_bytes": peak // 2, "peak_bytes": peak, "alloc_count": i + 1,
                          "alloc_bytes": peak, "free_count": i + 1, "free_bytes": peak})

@@ -11,11 +11,12 @@ unit            ms | samples/s | flow-steps/s | bytes | count (per step)
 statistic       median | p90 | max (max: one number per run, no interval)
 base, new       the statistic of each run (in ``unit``)
 delta           new - base (in ``unit``)
-ratio           new / base (1.0 when both are 0; nan when only base is 0)
+ratio           new / base (1.0 when both are 0; inf when only base is 0)
 ci_low, ci_high bootstrap confidence interval of ``ratio`` (nan for ``max`` rows
                 and with too few samples)
 noise_pct       noise threshold of this metric in percent (see ``analyze.stats``)
-verdict         better | worse | within noise | n/a (metric missing in one run)
+verdict         better | worse | within noise | n/a (metric missing in one run);
+                bytes metrics that differ by less than ``min_bytes`` are within noise
 gated           True for metrics ``--fail-on-regression`` checks
 lower_is_better direction of "better"
 n_base, n_new   number of per-step samples behind the statistic
@@ -30,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from profiler.analyze.stats import (
+    NOISE,
     Comparison,
     StatsConfig,
     compare_samples,
@@ -157,6 +159,8 @@ def compare_metrics(specs: list[MetricSpec] | tuple[MetricSpec, ...], base: pd.D
         threshold = noise_threshold(b, n, spec.noisy, config)
         v = verdict(cmp.ratio, cmp.ci_low, cmp.ci_high, threshold, spec.lower_is_better,
                     single_value=single)
+        if spec.unit == "bytes" and abs(cmp.new - cmp.base) < config.min_bytes:
+            v = NOISE
         rows.append(_row(spec, cmp.base, cmp.new, cmp.ratio, cmp.ci_low, cmp.ci_high,
                          100.0 * threshold, v, b, n))
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))

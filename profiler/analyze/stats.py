@@ -13,7 +13,8 @@ and twice the drift of either run, where drift is the relative difference
 between the medians of the first and second half of the run's measured steps
 (how much the metric moves within one run without any change to the code).
 Deterministic metrics (allocator bytes and counts with fixed seeds) use the
-floor alone.
+floor alone. A memory difference smaller than ``min_bytes`` is noise whatever
+its ratio (a 200-byte category that doubles is not a regression).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class StatsConfig:
     noisy_floor: float = 0.05  # relative noise threshold floor for times, RSS
     deterministic_floor: float = 0.02  # for allocator bytes / counts
     drift_factor: float = 2.0
+    min_bytes: int = 64 * 1024  # memory differences below this are noise whatever the ratio
 
     def __post_init__(self) -> None:
         if self.resamples < 100:
@@ -42,7 +44,7 @@ class StatsConfig:
             raise ValueError(f"confidence must be in (0.5, 1), got {self.confidence}")
         if self.min_samples < 2:
             raise ValueError(f"min_samples must be >= 2, got {self.min_samples}")
-        if self.noisy_floor < 0 or self.deterministic_floor < 0:
+        if self.noisy_floor < 0 or self.deterministic_floor < 0 or self.min_bytes < 0:
             raise ValueError("noise floors must be >= 0")
 
 
@@ -62,8 +64,11 @@ def statistic(samples: np.ndarray, q: float) -> float:
 
 
 def ratio_of(base: float, new: float) -> float:
+    """new / base; 1 when both are 0, inf when only base is 0 and new is positive."""
     if base == 0:
-        return 1.0 if new == 0 else float("nan")
+        if new == 0:
+            return 1.0
+        return float("inf") if new > 0 else float("nan")
     return new / base
 
 
@@ -75,14 +80,16 @@ def compare_samples(base: np.ndarray, new: np.ndarray, q: float,
     n_stat = float(np.quantile(new, q)) if new.size else float("nan")
     ratio = ratio_of(b_stat, n_stat) if base.size and new.size else float("nan")
     lo = hi = float("nan")
-    if min(base.size, new.size) >= config.min_samples and np.isfinite(ratio):
+    if min(base.size, new.size) >= config.min_samples and not np.isnan(ratio):
         rng = np.random.default_rng(config.seed)
         b_boot = bootstrap_quantile(np.sort(base), q, config.resamples, rng)
         n_boot = bootstrap_quantile(np.sort(new), q, config.resamples, rng)
         with np.errstate(divide="ignore", invalid="ignore"):
             ratios = np.where(b_boot == 0, np.where(n_boot == 0, 1.0, np.inf), n_boot / b_boot)
         alpha = (1 - config.confidence) / 2
-        lo, hi = (float(v) for v in np.quantile(ratios, [alpha, 1 - alpha]))
+        # order statistics, not interpolation: conservative, and exact with infinite ratios
+        lo = float(np.quantile(ratios, alpha, method="lower"))
+        hi = float(np.quantile(ratios, 1 - alpha, method="higher"))
     return Comparison(b_stat, n_stat, ratio, lo, hi)
 
 
@@ -140,8 +147,8 @@ def verdict(ratio: float, ci_low: float, ci_high: float, threshold: float,
     noise. A ``single_value`` metric (one number per run, such as the run's
     peak) has no interval: the ratio alone decides against the threshold.
     """
-    has_ci = bool(np.isfinite(ci_low) and np.isfinite(ci_high))
-    if not np.isfinite(ratio) or (not has_ci and not single_value):
+    has_ci = not (np.isnan(ci_low) or np.isnan(ci_high))
+    if np.isnan(ratio) or (not has_ci and not single_value):
         return NOISE
     up = ratio > 1 + threshold and (not has_ci or ci_low > 1)
     down = ratio < 1 / (1 + threshold) and (not has_ci or ci_high < 1)

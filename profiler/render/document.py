@@ -121,7 +121,8 @@ def _method(report: Report, gate: float | None) -> str:
         f"Noise threshold: timing metrics max({s.noisy_floor:.0%}, {s.drift_factor:g} x the "
         f"larger within-run drift between the first and second half of a run) = "
         f"{noisy_text} here (per row in the 'noise' column); allocator memory metrics "
-        f"{s.deterministic_floor:.0%}. A metric is better or worse only when the ratio is "
+        f"{s.deterministic_floor:.0%}, and memory differences under {s.min_bytes:,} bytes "
+        f"are noise whatever the ratio. A metric is better or worse only when the ratio is "
         f"beyond the threshold and the interval excludes 1; otherwise within noise."
     )
     if gate is not None:
