@@ -119,6 +119,14 @@ def test_step_samples_derived_columns_and_warmup_excluded():
     assert out["flow_steps_per_s"].tolist() == [10_000.0, 5_000.0]
 
 
+def test_step_samples_leave_out_traced_steps():
+    steps = _steps([5.0, 10.0, 50.0, 12.0])
+    steps["traced"] = [0, 0, 1, 0]
+    assert metrics.step_samples(steps)["wall_ms"].tolist() == [5.0, 10.0, 12.0]
+    steps["traced"] = 1  # every step traced: keep them rather than nothing
+    assert metrics.step_samples(steps)["wall_ms"].tolist() == [5.0, 10.0, 50.0, 12.0]
+
+
 def test_compare_metrics_exact_rows():
     base = metrics.step_samples(_steps([10.0] * 6))
     new = metrics.step_samples(_steps([20.0] * 6))

@@ -81,13 +81,25 @@ STEP_METRICS = (
 )
 
 
+def untraced(steps: pd.DataFrame) -> pd.Series:
+    """Rows not slowed by torch.profiler: the optional ``traced`` column of steps.csv is 0
+    or empty (all rows when the column is absent)."""
+    if "traced" not in steps.columns:
+        return pd.Series(True, index=steps.index)
+    return pd.to_numeric(steps["traced"], errors="coerce").fillna(0) == 0
+
+
 def step_samples(steps: pd.DataFrame) -> pd.DataFrame:
-    """Measured rows of steps.csv with derived columns.
+    """Measured rows of steps.csv with derived columns, warm-up excluded and, when any
+    untraced measured step exists, the steps torch.profiler traced too (they are slower).
 
     Adds ``other_ms`` (wall minus forward, backward and optimizer, ms),
     ``samples_per_s`` and ``flow_steps_per_s`` (per second of wall time).
     """
-    out = steps[steps["phase"] == "measured"].copy()
+    measured = steps["phase"] == "measured"
+    if (measured & untraced(steps)).any():
+        measured &= untraced(steps)
+    out = steps[measured].copy()
     parts = out[["forward_ms", "backward_ms", "optimizer_ms"]].sum(axis=1, min_count=3)
     out["other_ms"] = out["wall_ms"] - parts
     seconds = out["wall_ms"] / 1000.0

@@ -102,7 +102,7 @@ def _runs_table(report: Report) -> Table:
         rows.append([side, report.names[side], report.paths[side], report.statuses[side],
                      str(report.warmup_steps[side]), str(report.step_times[side].size),
                      str(report.skipped_steps[side])])
-    return Table(["", "run", "path", "status", "warm-up steps", "measured steps",
+    return Table(["", "run", "path", "status", "warm-up steps", "measured untraced steps",
                   "skipped (non-finite)"], rows,
                  ["" if report.statuses[s] == "complete" else "worse" for s in ("base", "new")])
 
@@ -113,7 +113,8 @@ def _method(report: Report, gate: float | None) -> str:
     noisy = time_rows["noise_pct"].dropna()
     noisy_text = f"{noisy.max():.1f}%" if not noisy.empty else MISSING
     text = (
-        f"Statistics over the measured steps only (warm-up excluded). Each per-step metric "
+        f"Per-step statistics over the measured steps only (warm-up excluded, and the "
+        f"steps torch.profiler traced, which it slows down). Each per-step metric "
         f"compares a median or p90; its interval is a {s.confidence:.0%} percentile "
         f"bootstrap interval of the ratio new/base ({s.resamples} resamples, seed {s.seed}; "
         f"none with fewer than {s.min_samples} steps on either side). Rows marked 'max' "
