@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from energy_flow.config import make_config, parse_override
+from energy_flow.config import ConfigError, make_config, parse_override
 from energy_flow.data import SyntheticPairs
 from energy_flow.trainer import Trainer
 from profiler.memory import (
@@ -356,7 +356,10 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         preset, _, assignment = item.partition(":")
         if not assignment:
             p.error(f"--set {item!r} is not of the form PRESET:FIELD=VALUE")
-        name, value = parse_override(assignment)
+        try:
+            name, value = parse_override(assignment)
+        except ConfigError as exc:
+            p.error(f"--set {item!r}: {exc}")
         overrides.setdefault(preset, {})[name] = value
     if a.steps < 2 or a.warmup < 0:
         p.error("--steps must be >= 2 and --warmup >= 0")
