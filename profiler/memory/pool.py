@@ -113,7 +113,7 @@ class SimpleMemoryPool:
         c = self._cache.snapshot().get(POOL_CATEGORY, CategoryCounters())
         out = c.as_dict()
         out["returns"] = c.releases
-        out["pooled_tensors"] = sum(len(v) for v in self._cache.free.values())
+        out["pooled_tensors"] = self._cache.audit()["pooled_buffers"]
         return out
 
     def counters(self) -> dict[str, CategoryCounters]:
