@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -185,7 +186,8 @@ def run_all(args: argparse.Namespace) -> dict:
                           else ("cpu" if args.device == "auto" else args.device))
     parts = set(args.only or ("train", "flow_init", "quantize"))
     overrides = dict(parse_override(text) for text in args.set)
-    results: dict = {"device": str(device), "threads": torch.get_num_threads()}
+    results: dict = {"device": str(device), "threads": torch.get_num_threads(),
+                     "load_average_before": _load_average()}
     if "train" in parts:
         results["train"] = []
         for preset in args.preset or ["debug", "experiment"]:
@@ -204,7 +206,16 @@ def run_all(args: argparse.Namespace) -> dict:
                                 ("broadcast", args.repeats), ("loop", 1)):
             _log(f"quantize {config.initial_flows} positions ({args.quantize_preset}), {method}")
             results["quantize"].append(bench_quantize(config, method, device, repeats))
+    results["load_average_after"] = _load_average()
     return results
+
+
+def _load_average() -> float | None:
+    """1-minute load average of the host (CPU figures are only comparable on a quiet host)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def _log(text: str) -> None:
@@ -212,7 +223,8 @@ def _log(text: str) -> None:
 
 
 def format_table(results: dict) -> str:
-    lines = [f"device {results['device']}, {results['threads']} threads; medians"]
+    lines = [f"device {results['device']}, {results['threads']} threads; medians; host load "
+             f"{results['load_average_before']} -> {results['load_average_after']}"]
     for r in results.get("train", []):
         lines.append(
             f"train {r['preset']:<10} {r['median_ms']:10.1f} ms/step  {r['steps_per_s']:8.3f} "

@@ -21,10 +21,12 @@ def _run(*args, timeout=120):
                           env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
 
 
-def test_train_jsonl_and_checkpoint(tmp_path):
-    ckpt = tmp_path / "out.pt"
+def test_train_jsonl_and_checkpoint_on_a_data_file(tmp_path):
+    ckpt, data = tmp_path / "out.pt", tmp_path / "pairs.pt"
+    torch.save({"input_embeddings": torch.randn(3, 768),
+                "target_embeddings": torch.randn(3, 768)}, data)
     proc = _run("train", "--preset", "debug", "--steps", "3", "--jsonl", "--device", "cpu",
-                "--checkpoint", str(ckpt))
+                "--checkpoint", str(ckpt), "--data", str(data))
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
