@@ -1,7 +1,9 @@
 """The whole report on real tiny profile runs (``python -m profiler profile`` subprocesses).
 
 Runs are made once per session: two runs of the same configuration, profiled at the
-same time so that they share whatever else loads the machine, then a deliberately
+same time on one shared CPU so that they see the same conditions whatever else loads
+the machine (two processes on two cores of a busy machine can differ twofold for a
+whole run when only one of them shares its core with other work), then a deliberately
 slowed run: the "before" variant with a 64x wider, 3-layer carrier, so that its steps
 take many times longer even on a machine busy with other work.
 """
@@ -19,16 +21,24 @@ import pytest
 
 TINY = ("lattice_width=4", "lattice_height=4", "lattice_depth=4", "batch_size=2",
         "carrier_hidden=16", "carrier_layers=1", "mapper_hidden=32", "max_flows=1000")
-STEPS = 16
+STEPS = 40
 
 
-def _profile(out: Path, name: str, *extra: str, steps: int = STEPS) -> subprocess.Popen:
+def _pin_to(cpu: int | None):
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
+def _profile(out: Path, name: str, *extra: str, steps: int = STEPS,
+             cpu: int | None = None) -> subprocess.Popen:
     args = [sys.executable, "-m", "profiler", "profile", "--preset", "debug", "--steps",
             str(steps), "--name", name, "--out", str(out), "--device", "cpu", "--mode", "full"]
     for item in TINY:
         args += ["--set", item]
     return subprocess.Popen([*args, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+                            text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                            preexec_fn=_pin_to(cpu))
 
 
 def _wait(proc: subprocess.Popen) -> None:
@@ -39,7 +49,8 @@ def _wait(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="session")
 def real_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("real_runs")
-    pair = [_profile(out, "same_a"), _profile(out, "same_b")]
+    cpu = min(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else None
+    pair = [_profile(out, "same_a", cpu=cpu), _profile(out, "same_b", cpu=cpu)]
     for proc in pair:
         _wait(proc)
     _wait(_profile(out, "slowed", "--variant", "before", "--set", "carrier_hidden=1024",
