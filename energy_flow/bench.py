@@ -60,9 +60,17 @@ class GruFloor:
                                 config.carrier_layers).to(device)
         self.features = config.neuron_output + 1
         self.device = device
+        self._inputs: dict[tuple[int, int], torch.Tensor] = {}
+
+    def inputs(self, flows: int, steps: int) -> torch.Tensor:
+        """The [T, N, F+1] input, made once per shape and outside any timed region."""
+        if (flows, steps) not in self._inputs:
+            self._inputs = {(flows, steps): torch.randn(steps, flows, self.features,
+                                                        device=self.device)}
+        return self._inputs[(flows, steps)]
 
     def run(self, flows: int, steps: int, mode: str = "step") -> None:
-        x = torch.randn(steps, flows, self.features, device=self.device)
+        x = self.inputs(flows, steps)
         if mode == "sequence":
             out, _ = self.gru(x)
             out.sum().backward()
@@ -82,7 +90,7 @@ def bench_gru_floor(config: EnergyConfig, device: str | torch.device = "cpu", re
     flows = config.initial_flows if flows is None else flows
     steps = config.steps_limit if steps is None else steps
     floor = GruFloor(config, device)
-    floor.run(flows, steps)  # warm-up
+    floor.run(flows, steps)  # warm-up; also makes the input
     out = {"flows": flows, "steps": steps, "flow_steps": flows * steps}
     for mode in ("step", "sequence"):
         samples = [_time_ms(lambda m=mode: floor.run(flows, steps, m), device)
@@ -107,6 +115,7 @@ def bench_train(config: EnergyConfig, device: str | torch.device = "cpu", steps:
         ms, result = _timed(lambda x=inputs, y=targets: trainer.train_step(x, y), device)
         taken = max(1, result.steps_taken)
         flows = max(1, round(result.flow_steps / taken))
+        floor.inputs(flows, taken)
         f_step = _time_ms(lambda f=flows, t=taken: floor.run(f, t, "step"), device)
         f_seq = _time_ms(lambda f=flows, t=taken: floor.run(f, t, "sequence"), device)
         if i >= warmup:
