@@ -1,11 +1,12 @@
 """The whole report on real tiny profile runs (``python -m profiler profile`` subprocesses).
 
-Runs are made once per session: two runs of the same configuration, profiled at the
-same time on one shared CPU so that they see the same conditions whatever else loads
-the machine (two processes on two cores of a busy machine can differ twofold for a
-whole run when only one of them shares its core with other work), then a deliberately
-slowed run: the "before" variant with a 64x wider, 3-layer carrier, so that its steps
-take many times longer even on a machine busy with other work.
+Runs are made once per session, all three at the same time on one shared CPU, so that
+they see the same conditions whatever else loads the machine (two processes on two
+cores of a busy machine can differ twofold for a whole run when only one of them
+shares its core with other work): two runs of the same configuration, and a
+deliberately slowed run, the "before" variant with a twice wider, 3-layer carrier.
+The carrier is wide enough that every part of a step (forward, backward, optimizer)
+spans several scheduler time slices, so time-slicing does not bias one part.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pandas as pd
 import pytest
 
 TINY = ("lattice_width=4", "lattice_height=4", "lattice_depth=4", "batch_size=2",
-        "carrier_hidden=16", "carrier_layers=1", "mapper_hidden=32", "max_flows=1000")
+        "carrier_hidden=512", "carrier_layers=2", "mapper_hidden=32", "max_flows=1000")
 STEPS = 40
 
 
@@ -50,11 +51,11 @@ def _wait(proc: subprocess.Popen) -> None:
 def real_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("real_runs")
     cpu = min(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else None
-    pair = [_profile(out, "same_a", cpu=cpu), _profile(out, "same_b", cpu=cpu)]
-    for proc in pair:
+    runs = [_profile(out, "same_a", cpu=cpu), _profile(out, "same_b", cpu=cpu),
+            _profile(out, "slowed", "--variant", "before", "--set", "carrier_hidden=1024",
+                     "--set", "carrier_layers=3", steps=12, cpu=cpu)]
+    for proc in runs:
         _wait(proc)
-    _wait(_profile(out, "slowed", "--variant", "before", "--set", "carrier_hidden=1024",
-                   "--set", "carrier_layers=3", steps=12))
     return out
 
 
@@ -65,8 +66,10 @@ def report(*args) -> subprocess.CompletedProcess:
 
 
 def test_same_configuration_is_within_noise_on_every_metric(real_runs, tmp_path):
+    # Steps of ~40 ms CPU time, three processes time-sliced on one core of a shared machine:
+    # a 10% noise floor for timings (the report's default, 5%, suits a dedicated machine).
     proc = report(real_runs / "same_a", real_runs / "same_b", "--out", tmp_path,
-                  "--fail-on-regression", "5%")
+                  "--fail-on-regression", "5%", "--noise", "10%")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = pd.read_csv(tmp_path / "summary.csv")
     assert len(summary) >= 20
@@ -80,7 +83,9 @@ def test_same_configuration_is_within_noise_on_every_metric(real_runs, tmp_path)
     assert by.loc["step time", "base"] > 0 and by.loc["step time", "n_base"] == untraced
     assert {"peak [region/carrier]", "peak [region/backward]", "peak [role/gradient]"} <= set(
         summary["metric"])
+    assert summary.loc[summary["metric"] == "step time", "noise_pct"].iloc[0] >= 10.0
     md = (tmp_path / "report.md").read_text()
+    assert "timing metrics max(10%, 2 x the larger within-run drift" in md
     assert re.search(r"^\| (\*\*)?energy_flow\.[a-z_]+(\*\*)? \|", md, re.MULTILINE)
     assert "Memory growth verdict: base" in md
 
@@ -101,5 +106,5 @@ def test_slowed_variant_is_worse_and_fails_the_gate(real_runs, tmp_path):
     html = (tmp_path / "report.html").read_text().replace('<td class="t">', "<td>")
     # the variant and the carrier width differ and are highlighted in the metadata table
     assert '<tr class="differs"><td>config.variant</td><td>after</td><td>before</td></tr>' in html
-    assert ('<tr class="differs"><td>config.model.carrier_hidden</td><td>16</td><td>1024</td>'
+    assert ('<tr class="differs"><td>config.model.carrier_hidden</td><td>512</td><td>1024</td>'
             '</tr>') in html
