@@ -68,7 +68,8 @@ class EnergyCarrier(nn.Module):
     GELU -> 3, clamped. Their first layers are stored as one Linear(Hc, Hc/2 + 64)
     (same parameters, one matmul). With position memory on, the last P
     positions go through Linear(3P, Hc/4) and a Linear(Hc + Hc/4, Hc) fuses
-    them with the GRU output before the heads.
+    them with the GRU output before the heads (no activation between the fuse
+    and the heads' first layer, which lets the two be applied as one product).
 
     Inputs: features [N, F], energy [N], hidden [L, N, Hc] (None = zeros) and
     the position history [N, P, 3]. Returns (new energy [N], displacement
@@ -141,8 +142,16 @@ class EnergyCarrier(nn.Module):
         out = torch.nan_to_num(out[0], nan=0.0, posinf=self.clamp, neginf=-self.clamp)
         if self.position_memory is not None and history is not None:
             memory = self.position_memory(history.flatten(1))  # [N, Hc/4]
-            out = self.fuse(torch.cat([out, memory.to(out.dtype)], dim=1))  # [N, Hc]
-        energy_h, displacement_h = F.gelu(self.head_in(out)).split(self.head_split, dim=1)
+            fused_in = torch.cat([out, memory.to(out.dtype)], dim=1)  # [N, Hc + Hc/4]
+            # fuse (Hc + Hc/4 -> Hc) and head_in (Hc -> Hc/2 + 64) are both linear with nothing
+            # between them, so they are applied as one product of their weights: same function
+            # and gradients, half the per-flow multiply-adds.
+            weight = self.head_in.weight @ self.fuse.weight  # [Hc/2 + 64, Hc + Hc/4]
+            bias = torch.addmv(self.head_in.bias, self.head_in.weight, self.fuse.bias)
+            heads = F.linear(fused_in, weight, bias)
+        else:
+            heads = self.head_in(out)
+        energy_h, displacement_h = F.gelu(heads).split(self.head_split, dim=1)
         new_energy = torch.tanh(self.energy_out(energy_h))[:, 0]
         displacement = self.displacement_out(displacement_h).clamp(-0.5, 0.5)
         return new_energy, displacement, new_hidden

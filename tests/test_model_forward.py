@@ -203,3 +203,18 @@ def test_position_history_holds_the_last_positions(make_tiny):
     row = {int(i): k for k, i in enumerate(ids1)}
     prev = torch.stack([pos1[row[int(i)]] for i in ids2])
     assert torch.equal(hist2[:, -2], prev) and torch.equal(hist2[:, -1], pos2)
+
+
+def test_fused_heads_equal_fuse_then_head_layers(tiny):
+    carrier = EnergyCarrier(tiny)
+    n = 40
+    features, energy = torch.randn(n, 64), torch.randn(n)
+    history = torch.rand(n, 5, 3) * 2 - 1
+    new_energy, disp, _ = carrier(features, energy, None, history)
+    # The same heads computed the long way: GRU output, fuse, then the heads' first layer.
+    x = torch.cat([features, energy[:, None]], dim=1)
+    out = carrier.gru(x[None])[0][0]
+    fused = carrier.fuse(torch.cat([out, carrier.position_memory(history.flatten(1))], dim=1))
+    e_h, d_h = F.gelu(carrier.head_in(fused)).split(carrier.head_split, dim=1)
+    assert torch.allclose(new_energy, torch.tanh(carrier.energy_out(e_h))[:, 0], atol=1e-5)
+    assert torch.allclose(disp, carrier.displacement_out(d_h).clamp(-0.5, 0.5), atol=1e-5)
