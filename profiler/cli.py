@@ -220,6 +220,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
                    help="noise threshold of allocator memory metrics (default 2%%)")
     p.add_argument("--min-bytes", type=int, default=64 * 1024,
                    help="memory differences below this many bytes are noise (default 65536)")
+    p.add_argument("--min-ms", type=float, default=0.5,
+                   help="time differences below this many ms are noise (default 0.5)")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--top", type=int, default=15, help="operators listed (default 15)")
     p.set_defaults(handler=_run_report)
@@ -246,7 +248,8 @@ def _run_report(args: argparse.Namespace) -> int:
 
     try:
         stats = StatsConfig(resamples=args.resamples, noisy_floor=args.noise,
-                            deterministic_floor=args.memory_noise, min_bytes=args.min_bytes)
+                            deterministic_floor=args.memory_noise, min_bytes=args.min_bytes,
+                            min_ms=args.min_ms)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

@@ -81,6 +81,16 @@ def test_memory_differences_under_min_bytes_are_noise():
     assert (row["ratio"], row["verdict"]) == (2.0, WORSE)
 
 
+def test_time_differences_under_min_ms_are_noise():
+    spec = metrics.MetricSpec("time", "other (step - parts)", "x", "ms")
+    base = pd.DataFrame({"x": [0.20, 0.21, 0.19, 0.20, 0.20, 0.22]})
+    new = pd.DataFrame({"x": [0.30, 0.31, 0.29, 0.30, 0.30, 0.32]})
+    row = metrics.compare_metrics([spec], base, new, StatsConfig(min_ms=0.5)).iloc[0]
+    assert row["ratio"] == pytest.approx(1.5) and row["verdict"] == NOISE
+    row = metrics.compare_metrics([spec], base, new, StatsConfig(min_ms=0.0)).iloc[0]
+    assert row["verdict"] == WORSE
+
+
 def test_compare_samples_without_enough_samples_has_no_interval():
     cmp = stats.compare_samples(np.array([1.0, 2, 3, 4]), np.array([2.0, 3, 4, 5]), 0.5,
                                 StatsConfig(min_samples=5))

@@ -1,12 +1,12 @@
 """The whole report on real tiny profile runs (``python -m profiler profile`` subprocesses).
 
-Runs are made once per session, all three at the same time on one shared CPU, so that
-they see the same conditions whatever else loads the machine (two processes on two
-cores of a busy machine can differ twofold for a whole run when only one of them
-shares its core with other work): two runs of the same configuration, and a
-deliberately slowed run, the "before" variant with a twice wider, 3-layer carrier.
-The carrier is wide enough that every part of a step (forward, backward, optimizer)
-spans several scheduler time slices, so time-slicing does not bias one part.
+Runs are made once per session with one torch thread each, all at the same time:
+the two runs of the same configuration together on the first CPU (time-sharing
+it, they see the same conditions; two processes run one after the other differ
+by up to 25% at p90 on this kind of machine), and the deliberately slowed run
+(the "before" variant with a twice wider, 3-layer carrier) alone on the second
+CPU. The slowed run thus gets about twice the CPU share of its baseline, which
+understates its slowdown: it must still come out worse.
 """
 
 from __future__ import annotations
@@ -50,10 +50,11 @@ def _wait(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="session")
 def real_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("real_runs")
-    cpu = min(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else None
-    runs = [_profile(out, "same_a", cpu=cpu), _profile(out, "same_b", cpu=cpu),
-            _profile(out, "slowed", "--variant", "before", "--set", "carrier_hidden=1024",
-                     "--set", "carrier_layers=3", steps=12, cpu=cpu)]
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else [None]
+    first, second = cpus[0], cpus[-1]
+    runs = [_profile(out, "slowed", "--variant", "before", "--set", "carrier_hidden=1024",
+                     "--set", "carrier_layers=3", steps=12, cpu=second),
+            _profile(out, "same_a", cpu=first), _profile(out, "same_b", cpu=first)]
     for proc in runs:
         _wait(proc)
     return out
@@ -100,7 +101,7 @@ def test_slowed_variant_is_worse_and_fails_the_gate(real_runs, tmp_path):
     assert re.search(r"peak \[region/carrier\] \(\d+\.\d+x\)", message)
     summary = pd.read_csv(tmp_path / "summary.csv").set_index("metric")
     assert summary.loc["step time", "verdict"] == "worse"
-    assert summary.loc["step time", "ratio"] > 2 and summary.loc["step time", "ci_low"] > 1
+    assert summary.loc["step time", "ratio"] > 1.2 and summary.loc["step time", "ci_low"] > 1
     assert summary.loc["samples per second", "verdict"] == "worse"
     assert summary.loc["peak [region/carrier]", "verdict"] == "worse"
     html = (tmp_path / "report.html").read_text().replace('<td class="t">', "<td>")

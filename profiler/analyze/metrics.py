@@ -16,7 +16,8 @@ ci_low, ci_high bootstrap confidence interval of ``ratio`` (nan for ``max`` rows
                 and with too few samples)
 noise_pct       noise threshold of this metric in percent (see ``analyze.stats``)
 verdict         better | worse | within noise | n/a (metric missing in one run);
-                bytes metrics that differ by less than ``min_bytes`` are within noise
+                bytes metrics that differ by less than ``min_bytes``, and ms metrics
+                that differ by less than ``min_ms``, are within noise
 gated           True for metrics ``--fail-on-regression`` checks
 lower_is_better direction of "better"
 n_base, n_new   number of per-step samples behind the statistic
@@ -172,6 +173,8 @@ def compare_metrics(specs: list[MetricSpec] | tuple[MetricSpec, ...], base: pd.D
         v = verdict(cmp.ratio, cmp.ci_low, cmp.ci_high, threshold, spec.lower_is_better,
                     single_value=single)
         if spec.unit == "bytes" and abs(cmp.new - cmp.base) < config.min_bytes:
+            v = NOISE
+        if spec.unit == "ms" and abs(cmp.new - cmp.base) < config.min_ms:
             v = NOISE
         rows.append(_row(spec, cmp.base, cmp.new, cmp.ratio, cmp.ci_low, cmp.ci_high,
                          100.0 * threshold, v, b, n))

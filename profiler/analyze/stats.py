@@ -14,7 +14,9 @@ between the medians of the first and second half of the run's measured steps
 (how much the metric moves within one run without any change to the code).
 Deterministic metrics (allocator bytes and counts with fixed seeds) use the
 floor alone. A memory difference smaller than ``min_bytes`` is noise whatever
-its ratio (a 200-byte category that doubles is not a regression).
+its ratio (a 200-byte category that doubles is not a regression); likewise a
+time difference smaller than ``min_ms`` (a 0.2 ms bookkeeping remainder that
+grows by 0.04 ms between two processes is not a regression).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class StatsConfig:
     deterministic_floor: float = 0.02  # for allocator bytes / counts
     drift_factor: float = 2.0
     min_bytes: int = 64 * 1024  # memory differences below this are noise whatever the ratio
+    min_ms: float = 0.5  # time differences below this are noise whatever the ratio
 
     def __post_init__(self) -> None:
         if self.resamples < 100:
@@ -44,7 +47,8 @@ class StatsConfig:
             raise ValueError(f"confidence must be in (0.5, 1), got {self.confidence}")
         if self.min_samples < 2:
             raise ValueError(f"min_samples must be >= 2, got {self.min_samples}")
-        if self.noisy_floor < 0 or self.deterministic_floor < 0 or self.min_bytes < 0:
+        if self.noisy_floor < 0 or self.deterministic_floor < 0 or self.min_bytes < 0 \
+                or self.min_ms < 0:
             raise ValueError("noise floors must be >= 0")
 
 

@@ -123,7 +123,7 @@ def _method(report: Report, gate: float | None) -> str:
         f"larger within-run drift between the first and second half of a run) = "
         f"{noisy_text} here (per row in the 'noise' column); allocator memory metrics "
         f"{s.deterministic_floor:.0%}, and memory differences under {s.min_bytes:,} bytes "
-        f"are noise whatever the ratio. A metric is better or worse only when the ratio is "
+        f"and time differences under {s.min_ms:g} ms are noise whatever the ratio. A metric is better or worse only when the ratio is "
         f"beyond the threshold and the interval excludes 1; otherwise within noise."
     )
     if gate is not None:
