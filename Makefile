@@ -54,5 +54,8 @@ tensorboard: .venv/.installed
 	@test -d runs || { echo "no runs/ yet: make profile first"; exit 2; }
 	.venv/bin/tensorboard --logdir runs --host 127.0.0.1 --port $(PORT)
 
+bench: .venv/.installed
+	$(PY) -m energy_flow bench --preset $(PRESET)
+
 clean:
 	rm -rf runs .pytest_cache

@@ -9,6 +9,9 @@ import sys
 import time
 
 from energy_flow.config import PRESET_NAMES, ConfigError, make_config, parse_override
+from energy_flow.runtime import disable_onednn_primitive_cache
+
+disable_onednn_primitive_cache()
 
 # torch is imported inside the commands, so that argument errors answer at once.
 
