@@ -9,23 +9,12 @@ import sys
 import time
 
 from energy_flow.config import PRESET_NAMES, ConfigError, make_config, parse_override
-from energy_flow.runtime import disable_onednn_primitive_cache
+from energy_flow.runtime import disable_onednn_primitive_cache, resolve_device
 
 disable_onednn_primitive_cache()
 
 # torch is imported inside the commands, so that argument errors answer at once.
 
-
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda requested but CUDA is not available")
-    if name not in ("cpu", "cuda"):
-        raise ConfigError(f"--device must be cpu, cuda or auto, got {name!r}")
-    return torch.device(name)
 
 
 def _config(args: argparse.Namespace):
@@ -47,7 +36,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from energy_flow.data import SyntheticPairs, load_pairs
     from energy_flow.trainer import Trainer
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
     if args.steps <= 0 or args.epoch_steps <= 0:
         raise ConfigError(f"--steps and --epoch-steps must be positive, got {args.steps} and "
                           f"{args.epoch_steps}")

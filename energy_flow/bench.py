@@ -21,6 +21,7 @@ import torch
 from energy_flow.config import EnergyConfig, make_config, parse_override
 from energy_flow.data import SyntheticPairs
 from energy_flow.lattice import EnergyLattice, quantize
+from energy_flow.runtime import resolve_device
 from energy_flow.trainer import Trainer
 
 
@@ -191,8 +192,7 @@ def bench_quantize(config: EnergyConfig, method: str = "arithmetic",
 
 
 def run_all(args: argparse.Namespace) -> dict:
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     parts = set(args.only or ("train", "flow_init", "quantize"))
     overrides = dict(parse_override(text) for text in args.set)
     results: dict = {"device": str(device), "threads": torch.get_num_threads(),
@@ -252,8 +252,6 @@ def format_table(results: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but CUDA is not available")
     results = run_all(args)
     print(json.dumps(results, indent=2) if args.json else format_table(results))
     return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from torch import Tensor
 from energy_flow.config import EnergyConfig
 from energy_flow.model import EnergyFlowModel
 from energy_flow.regions import region
+from energy_flow.runtime import atomic_write
 from energy_flow.workspace import Workspace
 
 CHECKPOINT_VERSION = 1
@@ -153,15 +153,8 @@ class Trainer:
         """Write the checkpoint atomically (temporary file, then rename)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(self.state_dict(), handle)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        state = self.state_dict()
+        atomic_write(path, lambda handle: torch.save(state, handle))
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         path = Path(path)

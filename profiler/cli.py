@@ -80,8 +80,6 @@ def _profile_options(args: argparse.Namespace):
     from datetime import datetime, timezone
     from pathlib import Path
 
-    import torch
-
     from energy_flow.config import (
         PRESET_NAMES,
         VARIANTS,
@@ -90,6 +88,7 @@ def _profile_options(args: argparse.Namespace):
         make_config,
         parse_override,
     )
+    from energy_flow.runtime import resolve_device
     from profiler.collect.nvml import NvmlConfig
     from profiler.collect.session import MODES, ProfileOptions
     from profiler.collect.tracing import TraceSchedule
@@ -124,17 +123,10 @@ def _profile_options(args: argparse.Namespace):
     if args.mode == "full" and steps <= trace.wait + trace.warmup:
         raise UsageError(f"--steps {steps} ends before the trace window "
                          f"(wait {trace.wait} + warmup {trace.warmup}); raise --steps")
-    device_text = args.device
-    if device_text == "auto":
-        device_text = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        device = torch.device(device_text)
-    except RuntimeError:
-        raise UsageError(f"unknown device {args.device!r}; use auto, cpu or cuda[:N]") from None
-    if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"unsupported device {args.device!r}; use auto, cpu or cuda[:N]")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda requested but CUDA is not available")
+        device = resolve_device(args.device)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     name = args.name or f"{args.preset}-{args.variant}-{args.mode}-{stamp}"
     if not name or "/" in name or name in (".", ".."):
@@ -315,6 +307,7 @@ def _run_claims(args: argparse.Namespace) -> int:
     import torch
 
     from energy_flow.config import ConfigError, parse_override
+    from energy_flow.runtime import resolve_device
     from profiler.claims.measure import CPU_OVERRIDES, ClaimsConfig, measure_claims
     from profiler.errors import UsageError
     from profiler.render.claims import write_claims
@@ -324,12 +317,8 @@ def _run_claims(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise UsageError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {args.device}: CUDA is not available")
     try:
+        device = str(resolve_device(args.device))
         overrides = dict(parse_override(text) for text in args.set)
         if not overrides and device == "cpu":
             overrides = dict(CPU_OVERRIDES)

@@ -11,10 +11,10 @@ column says otherwise.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from energy_flow.runtime import atomic_write
 
 SCHEMA_VERSION = 1
 
@@ -113,20 +113,7 @@ def atomic_write_text(path: Path | str, text: str) -> None:
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, lambda handle: handle.write(data))
 
 
 def write_json(path: Path | str, payload: dict[str, Any]) -> None:
