@@ -202,3 +202,12 @@ def test_bad_input_is_rejected_with_clear_errors():
         pool.return_tensor([1, 2])
     with pytest.raises(TypeError, match="MemoryContext"):
         MemoryContext(object())
+
+
+def test_dropped_handout_reclaimed_by_stats_respects_max_bytes():
+    pool = SimpleMemoryPool(max_bytes=0)
+    t = pool.get_tensor((1024,))
+    del t
+    gc.collect()
+    s = pool.stats()  # the reclaim happens here, inside the statistics snapshot
+    assert (s["reclaimed"], s["dropped"], s["held_bytes"], s["pooled_tensors"]) == (1, 1, 0, 0)

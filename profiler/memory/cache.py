@@ -98,11 +98,15 @@ StorePolicy = Callable[[Buffer, list, CategoryCounters], bool]
 class TensorCache:
     """Idle buffers per key, live handouts, counters per category. See the module docstring."""
 
-    def __init__(self, max_per_key: int = 8, default_category: str = "general"):
+    def __init__(self, max_per_key: int = 8, default_category: str = "general",
+                 store: StorePolicy | None = None):
+        """``store`` decides whether a returned or reclaimed buffer is kept idle; it is
+        fixed here so that every path back into the cache applies the same policy."""
         if not isinstance(max_per_key, int) or max_per_key < 0:
             raise ValueError(f"max_per_key must be an integer >= 0, got {max_per_key!r}")
         self.max_per_key = max_per_key
         self.default_category = default_category
+        self.store_policy = store
         self.lock = threading.RLock()
         self.free: dict[tuple, list[Buffer]] = {}
         self.counters: dict[str, CategoryCounters] = {}
@@ -113,13 +117,13 @@ class TensorCache:
 
     # -- hot path ------------------------------------------------------------------------
     def acquire(self, category: str, shape: tuple[int, ...], dtype: torch.dtype,
-                device: torch.device, priority: int = 0, lifetime: str = "temporary",
-                store: StorePolicy | None = None) -> tuple[torch.Tensor, bool]:
+                device: torch.device, priority: int = 0,
+                lifetime: str = "temporary") -> tuple[torch.Tensor, bool]:
         """A tensor of ``shape`` (uninitialized memory) and whether it was a pool hit."""
         key = (category, shape, dtype, device)
         with self.lock:
             if self._dead:
-                self._drain(store)
+                self._drain()
             c = self.counters.get(category)
             if c is None:
                 c = self.counters[category] = CategoryCounters()
@@ -146,7 +150,7 @@ class TensorCache:
             hid = id(handout)
             stale = self._out.get(hid)
             if stale is not None:  # a dead handout whose id was reused before its callback ran
-                self._reclaim(stale, store)
+                self._reclaim(stale)
             ref = _HandoutRef(handout, self._on_dead)
             ref.buffer = buf
             ref.hid = hid
@@ -157,11 +161,11 @@ class TensorCache:
                 c.peak_bytes = c.live_bytes
         return handout, hit
 
-    def release(self, tensor: torch.Tensor, store: StorePolicy | None = None) -> str:
+    def release(self, tensor: torch.Tensor) -> str:
         """Take back a handout. Returns "ok", "double", "view" or "foreign" (only "ok" is kept)."""
         with self.lock:
             if self._dead:
-                self._drain(store)
+                self._drain()
             ref = self._out.get(id(tensor))
             if ref is not None and ref() is tensor:
                 del self._out[id(tensor)]
@@ -172,7 +176,7 @@ class TensorCache:
                 c.live_bytes -= buf.nbytes
                 if tensor.requires_grad or tensor.grad_fn is not None:
                     c.autograd_returns += 1
-                self._store(buf, c, store)
+                self._store(buf, c)
                 return "ok"
             return self._refuse(tensor)
 
@@ -203,7 +207,8 @@ class TensorCache:
         ref = self._out.get(id(base))
         return ref is not None and ref() is base
 
-    def _store(self, buf: Buffer, c: CategoryCounters, store: StorePolicy | None) -> None:
+    def _store(self, buf: Buffer, c: CategoryCounters) -> None:
+        store = self.store_policy
         free = self.free.get(buf.key)
         if free is None:
             free = self.free[buf.key] = []
@@ -221,7 +226,7 @@ class TensorCache:
         setattr(c, counter, getattr(c, counter) + 1)
         self._known.pop((str(buf.key[3]), buf.storage.data_ptr()), None)
 
-    def _reclaim(self, ref: _HandoutRef, store: StorePolicy | None) -> None:
+    def _reclaim(self, ref: _HandoutRef) -> None:
         buf = ref.buffer
         if buf is None or self._out.get(ref.hid) is not ref:
             return
@@ -230,11 +235,11 @@ class TensorCache:
         c = self.counters[buf.key[0]]
         c.reclaimed += 1
         c.live_bytes -= buf.nbytes
-        self._store(buf, c, store)
+        self._store(buf, c)
 
-    def _drain(self, store: StorePolicy | None) -> None:
+    def _drain(self) -> None:
         while self._dead:
-            self._reclaim(self._dead.popleft(), store)
+            self._reclaim(self._dead.popleft())
 
     # -- maintenance ---------------------------------------------------------------------
     def evict(self, predicate: Callable[[Buffer], bool], counter: str = "trimmed") -> int:
@@ -293,7 +298,7 @@ class TensorCache:
         """A consistent copy of every category's counters."""
         with self.lock:
             if self._dead:
-                self._drain(None)
+                self._drain()
             return {k: dataclasses.replace(v) for k, v in self.counters.items()}
 
     def count_escaped(self, category: str, n: int = 1) -> None:

@@ -74,7 +74,8 @@ class UnifiedMemoryManager:
                  device: torch.device | str | None = None):
         self.config = config or UnifiedMemoryConfig()
         per_key = self.config.max_tensors_per_key if self.config.enabled else 0
-        self._cache = TensorCache(per_key, default_category=self.config.default_category)
+        self._cache = TensorCache(per_key, default_category=self.config.default_category,
+                                  store=self._keep)
         self._devices = DeviceResolver(device)
         self._budgets = dict(self.config.category_budgets)
 
@@ -95,8 +96,7 @@ class UnifiedMemoryManager:
             raise ValueError(f"priority must be an integer (MemoryPriority), got {priority!r}")
         tensor, _ = self._cache.acquire(category or self.config.default_category,
                                         normalize_shape(shape), dtype,
-                                        self._devices.resolve(device), priority, lifetime,
-                                        self._keep)
+                                        self._devices.resolve(device), priority, lifetime)
         if zero:
             tensor.zero_()
         return tensor
@@ -107,7 +107,7 @@ class UnifiedMemoryManager:
             return False
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"release_tensor expects a torch.Tensor, got {type(tensor).__name__}")
-        return self._cache.release(tensor, self._keep) == "ok"
+        return self._cache.release(tensor) == "ok"
 
     def allocate_context(self, **defaults: Any) -> MemoryContext:
         """``with manager.allocate_context(category=...) as ctx: ctx.allocate(shape)``."""

@@ -76,10 +76,10 @@ class SimpleMemoryPool:
                  device: torch.device | str | None = None):
         if max_bytes is not None and (not isinstance(max_bytes, int) or max_bytes < 0):
             raise ValueError(f"max_bytes must be None or an integer >= 0, got {max_bytes!r}")
-        self._cache = TensorCache(max_per_key, default_category=POOL_CATEGORY)
         self.max_bytes = max_bytes
+        self._cache = TensorCache(max_per_key, default_category=POOL_CATEGORY,
+                                  store=self._within_max_bytes if max_bytes is not None else None)
         self._devices = DeviceResolver(device)
-        self._store = self._within_max_bytes if max_bytes is not None else None
 
     @property
     def device(self) -> torch.device:
@@ -92,7 +92,7 @@ class SimpleMemoryPool:
     def get_tensor(self, shape: Any, dtype: torch.dtype = torch.float32,
                    device: torch.device | str | None = None, zero: bool = False) -> torch.Tensor:
         tensor, _ = self._cache.acquire(POOL_CATEGORY, normalize_shape(shape), dtype,
-                                        self._devices.resolve(device), store=self._store)
+                                        self._devices.resolve(device))
         if zero:
             tensor.zero_()
         return tensor
@@ -103,7 +103,7 @@ class SimpleMemoryPool:
             return False
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"return_tensor expects a torch.Tensor, got {type(tensor).__name__}")
-        return self._cache.release(tensor, self._store) == "ok"
+        return self._cache.release(tensor) == "ok"
 
     def scope(self) -> MemoryContext:
         return MemoryContext(self)
