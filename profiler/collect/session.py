@@ -29,7 +29,6 @@ from profiler.collect.stats import CudaSnapshot, StepMemory, sync
 from profiler.collect.tracing import (
     TraceSchedule,
     TraceSession,
-    ensure_distributed_info,
     merge_operators,
     window_tables,
 )
@@ -61,6 +60,7 @@ ENVIRONMENT_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ONEDNN_PRIMITIVE_CACH
 # torch.profiler was warming up or recording during the step (slower: kept out of the
 # step-time statistics in run.json timings).
 STEP_EXTRA_COLUMNS = ("end_ts", "traced")
+CSV_FLUSH_S = 30.0  # least seconds between in-loop rewrites of steps.csv
 
 
 class StepLog:
@@ -129,6 +129,7 @@ class ProfileSession:
         self.trace: TraceSession | None = None
         self.workload: Workload | None = None
         self._scalar_rows = 0
+        self._csv_written = time.monotonic()
         self._window_rows: list[dict[str, Any]] = []
         self._stop = StopSignals()
 
@@ -238,13 +239,18 @@ class ProfileSession:
             mem += f" allocated {row['allocated_bytes'] / 2**20:.1f} MiB"
         print(f"step {i + 1}/{self.o.steps} wall {row['wall_ms']:.1f} ms "
               f"loss {row['loss']:.5g}{mem}", file=self.log, flush=True)
-        self._flush_steps()
+        # Every exit path rewrites steps.csv in full (_finish); in the loop, a rewrite (whose
+        # cost grows with the run) at most every CSV_FLUSH_S, so only a SIGKILL loses rows.
+        now = time.monotonic()
+        self._flush_steps(csv=now - self._csv_written >= CSV_FLUSH_S)
 
-    def _flush_steps(self) -> None:
-        columns = STEPS_COLUMNS + STEP_EXTRA_COLUMNS
-        if self.o.measure_overhead:
-            columns = columns + ("instrumented",)
-        self.writer.write_csv(STEPS_CSV, self.rows.frame(columns), columns)
+    def _flush_steps(self, csv: bool = True) -> None:
+        if csv:
+            columns = STEPS_COLUMNS + STEP_EXTRA_COLUMNS
+            if self.o.measure_overhead:
+                columns = columns + ("instrumented",)
+            self.writer.write_csv(STEPS_CSV, self.rows.frame(columns), columns)
+            self._csv_written = time.monotonic()
         if self.o.mode != "bare":
             self.scalars.steps(self.rows[self._scalar_rows:])
             self._scalar_rows = len(self.rows)
@@ -304,8 +310,6 @@ class ProfileSession:
     def _finish_trace(self) -> None:
         tr = self.trace
         paths = [self.o.run_dir / f for f in tr.files]
-        for p in paths:
-            ensure_distributed_info(p)
         self.writer.meta["trace"]["files"] = list(tr.files)
         t0 = time.perf_counter()
         tolerance = self.o.tolerance_bytes
@@ -323,7 +327,9 @@ class ProfileSession:
     def _summarize(self, elapsed_s: float) -> None:
         timings = self.writer.meta["timings"]
         timings["total_s"] = round(elapsed_s, 3)
-        measured = [r for r in self.rows if r["phase"] == "measured" and not r["traced"]]
+        # With --measure-overhead every other step is bare: statistics use the instrumented ones.
+        measured = [r for r in self.rows if r["phase"] == "measured" and not r["traced"]
+                     and (r["instrumented"] or not self.o.measure_overhead)]
         traced = [r["wall_ms"] for r in self.rows if r["phase"] == "measured" and r["traced"]]
         if traced:
             timings["traced_step_ms_median"] = statistics.median(traced)

@@ -157,11 +157,11 @@ def merge_operators(tables: list[pd.DataFrame]) -> pd.DataFrame:
     return df.sort_values("total_us", ascending=False)[list(OPERATOR_COLUMNS)]
 
 
-def ensure_distributed_info(path: Path) -> bool:
-    """Add ``distributedInfo`` to a trace file that lacks it (atomic rewrite). True if patched."""
+def ensure_distributed_info(path: Path, trace: dict[str, Any]) -> bool:
+    """Add ``distributedInfo`` to the trace file ``path`` (already read as ``trace``) when
+    torch did not write it (atomic rewrite). True if patched."""
     import gzip
 
-    trace = read_trace(path)
     if "distributedInfo" in trace:
         return False
     trace["distributedInfo"] = _distributed_info()
@@ -182,7 +182,9 @@ def window_tables(paths: list[Path], probes: dict[str, dict[int, str]], device: 
     """Allocations with region / role, per-step category stats and the sum check, from traces."""
     events = []
     for path in paths:
-        frames = parse_trace(read_trace(path))
+        trace = read_trace(path)
+        ensure_distributed_info(path, trace)
+        frames = parse_trace(trace)
         ev = attribute_memory(frames)
         marks = phase_marks(frames.annotations)
         probe_list = []
