@@ -2,11 +2,15 @@
 
 A profiler attributes time and memory to the innermost scope whose name starts
 with ``REGION_PREFIX``. Scopes cost nothing measurable when no profiler runs.
+The names import without torch, so run-directory readers can share them.
 """
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch.profiler import record_function
 
 REGION_PREFIX = "energy_flow."
 REGIONS = (
@@ -15,11 +19,13 @@ REGIONS = (
 )
 
 
-def region(name: str) -> torch.profiler.record_function:
+def region(name: str) -> record_function:
     """``with region("carrier"): ...`` marks a model region for the profiler."""
+    from torch.profiler import record_function
+
     if name not in REGIONS:
         raise ValueError(f"unknown region {name!r}; known: {', '.join(REGIONS)}")
-    return torch.profiler.record_function(REGION_PREFIX + name)
+    return record_function(REGION_PREFIX + name)
 
 
 def region_of(scope_name: str) -> str | None:

@@ -226,8 +226,8 @@ def _percent(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a percentage such as 5%, got {text!r}") \
             from None
-    if not 0 <= value < 100:
-        raise argparse.ArgumentTypeError(f"percentage out of range: {text!r}")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"percentage must be >= 0 and finite, got {text!r}")
     return value
 
 

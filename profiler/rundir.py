@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from energy_flow.regions import REGIONS
 from energy_flow.runtime import atomic_write
 
 SCHEMA_VERSION = 1
@@ -99,10 +100,7 @@ NVML_COLUMNS = (
 # operators.csv: top operators of the trace window (self and total time).
 OPERATOR_COLUMNS = ("name", "count", "self_us", "total_us", "self_device_us", "total_device_us")
 
-MODEL_REGIONS = (
-    "mapper", "flow_init", "neuron", "carrier", "spawn", "collect", "loss",
-    "backward", "optimizer",
-)
+MODEL_REGIONS = REGIONS  # energy_flow.<region> record_function scopes of the model
 OTHER_REGION = "other"
 TENSOR_ROLES = ("parameter", "gradient", "optimizer_state", "activation", "temporary", "other")
 

@@ -38,6 +38,7 @@ from profiler.analyze.stats import (
     compare_samples,
     noise_threshold,
     ratio_of,
+    statistic,
     verdict,
 )
 
@@ -159,8 +160,8 @@ def compare_metrics(specs: list[MetricSpec] | tuple[MetricSpec, ...], base: pd.D
         single = spec.statistic == "max"
         q = _QUANTILE[spec.statistic]
         if b is None or n is None or not np.isfinite(b).any() or not np.isfinite(n).any():
-            b_stat = float(np.nanmax(b)) if single and _any(b) else _stat(b, q)
-            n_stat = float(np.nanmax(n)) if single and _any(n) else _stat(n, q)
+            b_stat = float(np.nanmax(b)) if single and _any(b) else statistic(b, q)
+            n_stat = float(np.nanmax(n)) if single and _any(n) else statistic(n, q)
             rows.append(_row(spec, b_stat, n_stat, float("nan"), float("nan"), float("nan"),
                              float("nan"), "n/a", b, n))
             continue
@@ -201,12 +202,6 @@ def _column(table: pd.DataFrame, column: str) -> np.ndarray | None:
 
 def _any(values: np.ndarray | None) -> bool:
     return values is not None and bool(np.isfinite(values).any())
-
-
-def _stat(values: np.ndarray | None, q: float) -> float:
-    if not _any(values):
-        return float("nan")
-    return float(np.quantile(values[np.isfinite(values)], q))
 
 
 def _count(values: np.ndarray | None) -> int:

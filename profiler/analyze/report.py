@@ -34,7 +34,6 @@ class Report:
     operators: pd.DataFrame  # operators.OPERATOR_DELTA_COLUMNS
     operators_per_step: bool  # operator times are per traced step (else over the window)
     pool: pd.DataFrame  # categories.POOL_COLUMNS
-    nvml_peaks: dict[str, pd.DataFrame]  # side -> nvml.NVML_PEAK_COLUMNS
     nvml_reconcile: dict[str, pd.DataFrame]  # side -> nvml.RECONCILE_COLUMNS
     nvml_notes: dict[str, str]  # side -> why NVML is unavailable ("" when available)
     growth: dict[str, dict[str, Any]]  # side -> analyze.memory.memory_growth() result
@@ -90,7 +89,6 @@ def build_report(base: Run, new: Run, config: ReportConfig) -> Report:
                                             top=config.top_operators),
         operators_per_step=bool(b_traced and n_traced),
         pool=categories.pool_summary(base.memory, base.steps, new.memory, new.steps),
-        nvml_peaks={s: nvml.nvml_peaks(r.nvml) for s, r in runs.items()},
         nvml_reconcile={s: nvml.reconcile(r.nvml) for s, r in runs.items()},
         nvml_notes={s: _nvml_note(r) for s, r in runs.items()},
         growth={s: _growth(r) for s, r in runs.items()},

@@ -61,8 +61,10 @@ class Comparison:
     ci_high: float
 
 
-def statistic(samples: np.ndarray, q: float) -> float:
+def statistic(samples: np.ndarray | None, q: float) -> float:
     """The ``q`` quantile of the finite samples (nan when there are none)."""
+    if samples is None:
+        return float("nan")
     samples = _finite(samples)
     return float(np.quantile(samples, q)) if samples.size else float("nan")
 
@@ -80,8 +82,7 @@ def compare_samples(base: np.ndarray, new: np.ndarray, q: float,
                     config: StatsConfig) -> Comparison:
     """Statistic ``q`` of both sample sets, their ratio and its bootstrap interval."""
     base, new = _finite(base), _finite(new)
-    b_stat = float(np.quantile(base, q)) if base.size else float("nan")
-    n_stat = float(np.quantile(new, q)) if new.size else float("nan")
+    b_stat, n_stat = statistic(base, q), statistic(new, q)
     ratio = ratio_of(b_stat, n_stat) if base.size and new.size else float("nan")
     lo = hi = float("nan")
     if min(base.size, new.size) >= config.min_samples and not np.isnan(ratio):

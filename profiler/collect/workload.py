@@ -15,7 +15,6 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 PhaseCallback = Callable[[str], None]
-PHASES = ("forward", "backward", "optimizer")
 
 
 @runtime_checkable

@@ -7,7 +7,6 @@ import platform
 import shutil
 import socket
 import subprocess
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -91,6 +90,3 @@ class RunWriter:
                   columns: Sequence[str]) -> None:
         atomic_write_text(self.run_dir / name, csv_text(rows, columns))
 
-
-def command_line() -> list[str]:
-    return list(sys.argv)

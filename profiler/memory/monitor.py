@@ -95,7 +95,7 @@ class MemoryMonitor:
     def read(self) -> Reading:
         """One measurement, without alerting."""
         now = time.time()
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and self.config.source != "process":
             if self.config.source == "nvml":
                 reading = self._read_nvml(now)
                 if reading is not None:

@@ -82,10 +82,6 @@ class ScalarWriter:
             for metric in NVML_METRICS:
                 self.add(f"nvml/gpu{gpu}/{metric}", row.get(metric), i, row.get("ts"))
 
-    def flush(self) -> None:
-        if self._writer is not None:
-            self._writer.flush()
-
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
