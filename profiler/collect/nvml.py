@@ -1,9 +1,22 @@
 """Every NVML call of the package lives here (nvidia-ml-py, module ``pynvml``).
 
-A background thread samples each watched GPU at ``NvmlConfig.interval_s``
-(never faster than 0.5 s) and this process's GPU memory at the slower
-``process_interval_s``. Readings are plain dicts so that the parsing and the
-reconciliation with PyTorch's allocator can be checked on recorded values:
+``NvmlDevice`` is the one NVML owner of a run: it initializes NVML once, finds
+the NVML handle of the run's CUDA device, reads it, and shuts NVML down once.
+The ``NvmlSampler`` thread and the ``MemoryMonitor`` share it. The ``pynvml``
+module is the one boundary: ``NvmlDevice(device, nvml=module)`` takes any
+module with pynvml's names (tests hand in a fake one).
+
+Only a CUDA run is sampled, and only its own device: a CPU run does not touch
+NVML (status "NVML not sampled: the run's device is cpu").
+
+Identity: the CUDA device's UUID (``torch.cuda.get_device_properties().uuid``)
+is looked up in NVML as ``GPU-<uuid>`` and, for a MIG instance, ``MIG-<uuid>``,
+so ``CUDA_VISIBLE_DEVICES`` and MIG never map the run to another GPU. Without a
+UUID match the PCI bus id is used; on a GPU with MIG enabled that is the parent
+GPU, and ``identity["scope"]`` says so.
+
+Readings are plain dicts so that parsing and reconciliation can be checked on
+recorded values:
 
     raw = {"total": int, "used": int,                  # bytes (None if unsupported)
            "util_gpu": int, "util_mem": int,           # percent
@@ -12,9 +25,18 @@ reconciliation with PyTorch's allocator can be checked on recorded values:
            "lost": bool}
 
 ``reading_row(ts, gpu, raw, pid, torch_mem)`` turns one reading into an
-``nvml.csv`` row (columns ``profiler.rundir.NVML_COLUMNS``). An unsupported
-metric stays empty for that metric only; a GPU that stops answering gives a
-row with ``lost = 1`` and nothing else, never a crash.
+``nvml.csv`` row (columns ``profiler.rundir.NVML_COLUMNS``). Any failure of a
+getter (an ``NVMLError``, or anything else nvidia-ml-py raises, such as its
+``NVMLLibraryMismatchError`` on drivers without the ``_v3`` process query)
+leaves that metric empty and is recorded once as "unavailable: <reason>" in
+``NvmlStatus.metrics``; a GPU that stops answering gives a row with
+``lost = 1``; the sampler thread never dies of a reading.
+
+Process memory: NVML lists processes by PID as the host sees them. The PID used
+for matching is this process's PID in the outermost PID namespace visible in
+``/proc/self/status`` (``NSpid``); inside a container that hides the host PID,
+this process is absent from NVML's list although it holds CUDA memory, and
+``metrics["process_bytes"]`` says so instead of leaving a blank that looks measured.
 
 Reconciliation (CUDA): used = torch allocated + allocator cache
 (reserved - allocated) + non-torch (context, libraries, other processes).
@@ -34,6 +56,9 @@ import torch
 from profiler.rundir import NVML_COLUMNS
 
 MIN_INTERVAL_S = 0.5
+# nvml.csv metrics reported in NvmlStatus.metrics, with the raw keys they come from.
+METRICS = {"used_bytes": "used", "util_gpu_pct": "util_gpu", "power_w": "power_mw",
+           "temperature_c": "temperature_c", "process_bytes": "processes"}
 
 
 @dataclass(frozen=True)
@@ -54,15 +79,24 @@ class NvmlConfig:
 
 @dataclass
 class NvmlStatus:
+    """What NVML gave: ``metrics`` maps each nvml.csv metric to "sampled",
+    "unavailable: <reason>" or "not sampled" (no row had it, no error either)."""
+
     available: bool
     reason: str | None = None
     driver: str | None = None
     nvml_version: str | None = None
     gpus: list[int] = field(default_factory=list)
+    identity: dict[str, Any] | None = None
+    metrics: dict[str, str] = field(default_factory=dict)
+    rows: int = 0
 
     def to_json(self, interval_s: float) -> dict[str, Any]:
-        return {"available": self.available, "reason": self.reason, "interval_s": interval_s,
-                "gpus": self.gpus}
+        out = {"available": self.available, "reason": self.reason, "interval_s": interval_s,
+               "gpus": self.gpus}
+        if self.available:
+            out.update(identity=self.identity, metrics=self.metrics, rows=self.rows)
+        return out
 
 
 def reading_row(ts: float, gpu: int, raw: dict[str, Any], pid: int,
@@ -71,7 +105,7 @@ def reading_row(ts: float, gpu: int, raw: dict[str, Any], pid: int,
 
     Empty (None) wherever NVML did not report the metric. ``process_bytes`` is
     the sum of this pid's entries in the process list (None when the list was
-    not sampled this time or the driver hides per-process memory).
+    not sampled this time, the pid is absent, or the driver hides per-process memory).
     """
     row: dict[str, Any] = dict.fromkeys(NVML_COLUMNS)
     row.update(ts=ts, gpu=gpu, lost=1 if raw.get("lost") else 0)
@@ -98,125 +132,280 @@ def reading_row(ts: float, gpu: int, raw: dict[str, Any], pid: int,
     return row
 
 
+def outer_pid(status_text: str | None = None) -> int:
+    """This process's PID in the outermost PID namespace ``/proc`` shows (``NSpid``'s first
+    entry), which is what NVML lists when the container's /proc shows it; else ``os.getpid()``."""
+    if status_text is None:
+        try:
+            with open("/proc/self/status") as f:
+                status_text = f.read()
+        except OSError:
+            return os.getpid()
+    for line in status_text.splitlines():
+        if line.startswith("NSpid:"):
+            ids = line.split()[1:]
+            if ids and ids[0].isdigit():
+                return int(ids[0])
+    return os.getpid()
+
+
+def process_problem(procs: list[tuple[int, Any]] | None, pid: int, reserved: int | None
+                    ) -> str | None:
+    """Why ``process_bytes`` is empty for one sampled process list, or None when it is not
+    (or when this process holds no CUDA memory, so absence is expected)."""
+    if procs is None:
+        return None
+    mine = [used for p, used in procs if p == pid]
+    if mine and any(u is None for u in mine):
+        return "unavailable: the driver hides per-process memory (used = N/A)"
+    if not mine and reserved:
+        return (f"unavailable: this process (pid {pid}) holds CUDA memory but is not in "
+                f"NVML's process list ({len(procs)} entries): NVML reports host PIDs, "
+                f"and this PID namespace (a container) hides them")
+    return None
+
+
 def _pynvml():
     import pynvml  # nvidia-ml-py
 
     return pynvml
 
 
-def _metric(fn: Callable[[], Any], nvml) -> Any:
-    """Call one NVML getter; None when unsupported. A lost GPU propagates."""
-    try:
-        return fn()
-    except nvml.NVMLError_GpuIsLost:
-        raise
-    except nvml.NVMLError:
+def _why(exc: BaseException) -> str:
+    text = str(exc)
+    return f"unavailable: {type(exc).__name__}" + (f": {text}" if text else "")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _cuda_uuid(index: int) -> str | None:
+    """The CUDA device's UUID without a GPU-/MIG- prefix, lower case; None if unknown."""
+    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+    if uuid is None:
         return None
+    text = str(uuid).strip().lower()
+    for prefix in ("gpu-", "mig-"):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    return text or None
 
 
-def read_device(nvml, handle, with_processes: bool) -> dict[str, Any]:
-    """Raw reading of one GPU (see the module docstring); ``lost`` if it stopped answering."""
-    try:
-        mem = _metric(lambda: nvml.nvmlDeviceGetMemoryInfo(handle), nvml)
-        util = _metric(lambda: nvml.nvmlDeviceGetUtilizationRates(handle), nvml)
-        raw: dict[str, Any] = {
-            "total": None if mem is None else int(mem.total),
-            "used": None if mem is None else int(mem.used),
-            "util_gpu": None if util is None else int(util.gpu),
-            "util_mem": None if util is None else int(util.memory),
-            "power_mw": _metric(lambda: nvml.nvmlDeviceGetPowerUsage(handle), nvml),
-            "temperature_c": _metric(
-                lambda: nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU), nvml),
-            "processes": None,
-            "lost": False,
-        }
-        if with_processes:
-            procs = _metric(lambda: nvml.nvmlDeviceGetComputeRunningProcesses(handle), nvml)
-            if procs is not None:
-                raw["processes"] = [
-                    (int(p.pid), None if p.usedGpuMemory is None else int(p.usedGpuMemory))
-                    for p in procs
-                ]
-        return raw
-    except nvml.NVMLError_GpuIsLost:
-        return {"lost": True}
+class NvmlDevice:
+    """The one NVML owner for one CUDA device: ``open()`` (nvmlInit, handle, identity),
+    ``read(with_processes)``, ``close()`` (nvmlShutdown once). Thread-safe."""
 
+    def __init__(self, device: torch.device, nvml: Any = None) -> None:
+        if device.type != "cuda":
+            raise ValueError(f"NVML reads CUDA devices only, got {device}")
+        self.device = device
+        self.nvml = nvml
+        self.handle: Any = None
+        self.index: int | None = None
+        self.identity: dict[str, Any] | None = None
+        self.driver: str | None = None
+        self.version: str | None = None
+        self.problems: dict[str, str] = {}  # metric -> first "unavailable: reason"
+        self._lock = threading.Lock()
+        self._open = False
 
-def _nvml_index(nvml, device: torch.device) -> int:
-    """NVML index of a torch CUDA device, matched by PCI bus id (CUDA_VISIBLE_DEVICES-safe)."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    props = torch.cuda.get_device_properties(index)
-    bus = getattr(props, "pci_bus_id", None)
-    if bus is not None:
-        pci = f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
+    def open(self, cuda_uuid: str | None = None, pci_bus_id: str | None = None) -> None:
+        """Initialize NVML and find this device's handle. ``cuda_uuid`` / ``pci_bus_id``
+        default to torch's view of the device. Raises on any failure (NVML closed again)."""
+        if self._open:
+            raise RuntimeError("NVML device already open")
+        nvml = self.nvml if self.nvml is not None else _pynvml()
+        self.nvml = nvml
+        nvml.nvmlInit()
         try:
-            handle = nvml.nvmlDeviceGetHandleByPciBusId(pci)
-            return int(nvml.nvmlDeviceGetIndex(handle))
-        except nvml.NVMLError:
+            if cuda_uuid is None and pci_bus_id is None:
+                cuda_uuid, pci_bus_id = self._torch_identity()
+            self.handle, self.index, self.identity = self._find(nvml, cuda_uuid, pci_bus_id)
+            self.driver = _text(nvml.nvmlSystemGetDriverVersion())
+            self.version = _text(nvml.nvmlSystemGetNVMLVersion())
+        except BaseException:
+            nvml.nvmlShutdown()
+            raise
+        self._open = True
+
+    def _torch_identity(self) -> tuple[str | None, str | None]:
+        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        pci = None
+        if getattr(props, "pci_bus_id", None) is not None:
+            pci = f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
+        return _cuda_uuid(index), pci
+
+    def _find(self, nvml, uuid: str | None, pci: str | None) -> tuple[Any, int, dict[str, Any]]:
+        if uuid:
+            for prefix, mig in (("GPU-", False), ("MIG-", True)):
+                try:
+                    handle = nvml.nvmlDeviceGetHandleByUUID((prefix + uuid).encode())
+                except Exception:
+                    continue
+                index = self._parent_index(nvml, handle) if mig else int(
+                    nvml.nvmlDeviceGetIndex(handle))
+                scope = "MIG instance (memory is the instance's; utilization, power and "\
+                        "temperature are unsupported or the parent GPU's)" if mig else "device"
+                return handle, index, {"uuid": prefix + uuid, "matched_by": "uuid",
+                                       "mig": mig, "scope": scope}
+        if pci:
+            try:
+                handle = nvml.nvmlDeviceGetHandleByPciBusId(pci)
+            except Exception:
+                handle = None
+            if handle is not None:
+                mig = self._mig_enabled(nvml, handle)
+                scope = ("parent GPU of a MIG instance: every figure is the whole GPU's"
+                         if mig else "device")
+                return handle, int(nvml.nvmlDeviceGetIndex(handle)), {
+                    "uuid": _text(nvml.nvmlDeviceGetUUID(handle)), "matched_by": "pci_bus_id",
+                    "mig": mig, "scope": scope}
+        raise LookupError(f"no NVML device matches CUDA device {self.device} "
+                          f"(uuid {uuid}, PCI bus id {pci})")
+
+    @staticmethod
+    def _parent_index(nvml, handle) -> int:
+        parent = nvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(handle)
+        return int(nvml.nvmlDeviceGetIndex(parent))
+
+    @staticmethod
+    def _mig_enabled(nvml, handle) -> bool:
+        try:
+            current, _pending = nvml.nvmlDeviceGetMigMode(handle)
+        except Exception:  # not a MIG-capable GPU
+            return False
+        return current == getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1)
+
+    def _get(self, metric: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except self.nvml.NVMLError_GpuIsLost:
+            raise
+        except Exception as exc:  # NVMLError or anything else: this metric only
+            self.problems.setdefault(metric, _why(exc))
+            return None
+
+    def _processes(self) -> list[tuple[int, Any]] | None:
+        nvml, handle = self.nvml, self.handle
+
+        def query():
+            try:
+                return nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+            except nvml.NVMLError_GpuIsLost:
+                raise
+            except Exception:  # e.g. NVMLLibraryMismatchError: the driver lacks _v3
+                v2 = getattr(nvml, "nvmlDeviceGetComputeRunningProcesses_v2", None)
+                if v2 is None:
+                    raise
+                return v2(handle)
+
+        procs = self._get("process_bytes", query)
+        if procs is None:
+            return None
+        return [(int(p.pid), None if p.usedGpuMemory is None else int(p.usedGpuMemory))
+                for p in procs]
+
+    def read(self, with_processes: bool) -> dict[str, Any]:
+        """Raw reading (module docstring); ``{"lost": True}`` if the GPU stopped answering."""
+        if not self._open:
+            raise RuntimeError("NVML device is not open")
+        nvml, handle = self.nvml, self.handle
+        with self._lock:
+            try:
+                mem = self._get("used_bytes", lambda: nvml.nvmlDeviceGetMemoryInfo(handle))
+                util = self._get("util_gpu_pct",
+                                 lambda: nvml.nvmlDeviceGetUtilizationRates(handle))
+                return {
+                    "total": None if mem is None else int(mem.total),
+                    "used": None if mem is None else int(mem.used),
+                    "util_gpu": None if util is None else int(util.gpu),
+                    "util_mem": None if util is None else int(util.memory),
+                    "power_mw": self._get("power_w", lambda: nvml.nvmlDeviceGetPowerUsage(handle)),
+                    "temperature_c": self._get("temperature_c", lambda: nvml.nvmlDeviceGetTemperature(
+                        handle, nvml.NVML_TEMPERATURE_GPU)),
+                    "processes": self._processes() if with_processes else None,
+                    "lost": False,
+                }
+            except nvml.NVMLError_GpuIsLost:
+                return {"lost": True}
+
+    def close(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        try:
+            self.nvml.nvmlShutdown()
+        except Exception:  # shutting down a dead driver must not hide the run's result
             pass
-    return int(index)
 
 
 class NvmlSampler:
-    """Background sampler thread. ``start()`` never raises for a missing GPU or NVML."""
+    """Background sampler thread for a CUDA run's device. ``start()`` never raises for a
+    missing GPU or NVML; starting it twice raises ``RuntimeError``. ``owner`` is the
+    ``NvmlDevice`` to share (``MemoryMonitor(nvml=sampler.owner)``) while it runs."""
 
     def __init__(self, config: NvmlConfig, device: torch.device,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, nvml: Any = None,
+                 torch_mem: Callable[[], tuple[int, int] | None] | None = None,
+                 pid: int | None = None) -> None:
         self.config = config
         self.device = device
         self.clock = clock
         self.status = NvmlStatus(available=False, reason="not started")
+        self.owner: NvmlDevice | None = None
+        self._module = nvml
+        self._torch_mem_fn = torch_mem or self._torch_mem
+        self._pid = outer_pid() if pid is None else pid
         self._rows: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._nvml = None
-        self._handles: list[tuple[int, Any]] = []
+        self._started = False
 
-    def start(self) -> NvmlStatus:
+    def start(self, cuda_uuid: str | None = None, pci_bus_id: str | None = None) -> NvmlStatus:
+        if self._started:
+            raise RuntimeError("NVML sampler already started (one start per sampler)")
+        self._started = True
         if not self.config.enabled:
             self.status = NvmlStatus(False, "NVML unavailable: disabled by option")
             return self.status
-        try:
-            nvml = _pynvml()
-            nvml.nvmlInit()
-        except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ImportError
-            self.status = NvmlStatus(False, f"NVML unavailable: {exc or type(exc).__name__}")
+        if self.device.type != "cuda":
+            self.status = NvmlStatus(False, f"NVML not sampled: the run's device is "
+                                            f"{self.device.type}")
             return self.status
-        self._nvml = nvml
+        owner = NvmlDevice(self.device, self._module)
         try:
-            if self.device.type == "cuda":
-                indices = [_nvml_index(nvml, self.device)]
-            else:
-                indices = list(range(nvml.nvmlDeviceGetCount()))
-            self._handles = [(i, nvml.nvmlDeviceGetHandleByIndex(i)) for i in indices]
-            driver = nvml.nvmlSystemGetDriverVersion()
-            version = nvml.nvmlSystemGetNVMLVersion()
-        except nvml.NVMLError as exc:
-            nvml.nvmlShutdown()
-            self._nvml = None
-            self.status = NvmlStatus(False, f"NVML unavailable: {exc}")
+            owner.open(cuda_uuid, pci_bus_id)
+        except Exception as exc:  # ImportError, LibraryNotFound, DriverNotLoaded, no match
+            self.status = NvmlStatus(False, f"NVML unavailable: {_why(exc)[len('unavailable: '):]}")
             return self.status
-        self.status = NvmlStatus(True, None, _text(driver), _text(version),
-                                 [i for i, _ in self._handles])
+        self.owner = owner
+        self.status = NvmlStatus(True, None, owner.driver, owner.version, [owner.index],
+                                 owner.identity)
         self._thread = threading.Thread(target=self._loop, name="nvml-sampler", daemon=True)
         self._thread.start()
         return self.status
 
     def _torch_mem(self) -> tuple[int, int] | None:
-        if self.device.type != "cuda":
-            return None
         return (torch.cuda.memory_allocated(self.device), torch.cuda.memory_reserved(self.device))
 
     def sample_once(self, with_processes: bool) -> None:
-        nvml = self._nvml
-        pid = os.getpid()
-        torch_mem = self._torch_mem()
-        ts = self.clock()
-        rows = [reading_row(ts, i, read_device(nvml, h, with_processes), pid, torch_mem)
-                for i, h in self._handles]
+        owner = self.owner
+        try:
+            torch_mem = self._torch_mem_fn()
+        except Exception as exc:
+            owner.problems.setdefault("torch_allocated_bytes", _why(exc))
+            torch_mem = None
+        raw = owner.read(with_processes)
+        problem = process_problem(raw.get("processes"), self._pid,
+                                  None if torch_mem is None else torch_mem[1])
+        if problem is not None:
+            owner.problems.setdefault("process_bytes", problem)
+        row = reading_row(self.clock(), owner.index, raw, self._pid, torch_mem)
         with self._lock:
-            self._rows.extend(rows)
+            self._rows.append(row)
 
     def _loop(self) -> None:
         next_process = 0.0
@@ -225,25 +414,39 @@ class NvmlSampler:
             with_processes = now >= next_process
             if with_processes:
                 next_process = now + self.config.process_interval_s
-            self.sample_once(with_processes)
+            try:
+                self.sample_once(with_processes)
+            except Exception as exc:  # never a dead thread: the reason goes to run.json
+                self.owner.problems.setdefault("sampler", _why(exc))
             self._stop.wait(self.config.interval_s)
 
     def rows(self) -> list[dict[str, Any]]:
         with self._lock:
             return list(self._rows)
 
-    def stop(self) -> None:
+    def stop(self) -> NvmlStatus:
+        """Stop the thread, shut NVML down, and complete ``status`` with what was sampled."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
             self._thread = None
-        if self._nvml is not None:
-            try:
-                self._nvml.nvmlShutdown()
-            except self._nvml.NVMLError:
-                pass
-            self._nvml = None
+        if self.owner is not None:
+            self.owner.close()
+            rows = self.rows()
+            self.status.rows = len(rows)
+            self.status.metrics = sampled_metrics(rows, self.owner.problems)
+        return self.status
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def sampled_metrics(rows: list[dict[str, Any]], problems: dict[str, str]) -> dict[str, str]:
+    """Per nvml.csv metric: "sampled" when some row has a value, else the recorded
+    "unavailable: reason", else "not sampled"; plus any other recorded problem."""
+    out = {}
+    for column in METRICS:
+        if any(r.get(column) is not None for r in rows):
+            out[column] = "sampled"
+        else:
+            out[column] = problems.get(column, "not sampled")
+    for key, reason in problems.items():
+        out.setdefault(key, reason)
+    return out

@@ -3,8 +3,10 @@
 Pressure is a number in [0, 1]:
 - CUDA device: 1 - free / total from ``torch.cuda.mem_get_info`` (all processes
   on the GPU count, as they do for an out-of-memory error);
-- ``source="nvml"``: used / total from NVML through ``profiler.collect.nvml``,
-  falling back to ``mem_get_info`` when NVML cannot answer;
+- ``source="nvml"``: used / total from NVML through ``profiler.collect.nvml.NvmlDevice``,
+  falling back to ``mem_get_info`` when NVML cannot answer (``nvml_problem`` says why).
+  Pass the run's NVML owner (``nvml=sampler.owner``) to share its session; without one
+  the monitor opens its own and ``close()`` (or ``with``) shuts it down;
 - CPU: this process's resident set size over the cgroup memory limit when one
   is set (``/sys/fs/cgroup/memory.max``, or cgroup v1's ``memory.limit_in_bytes``),
   else over the machine's total RAM.
@@ -82,7 +84,7 @@ class MemoryMonitor:
     """``check_memory_pressure()`` -> 0..1 for ``device``; alerts per the config's thresholds."""
 
     def __init__(self, config: MonitorConfig | None = None,
-                 device: torch.device | str | None = None):
+                 device: torch.device | str | None = None, nvml: Any = None):
         self.config = config or MonitorConfig()
         self.device = torch.device(device if device is not None else "cpu")
         if self.config.source in ("cuda", "nvml") and self.device.type != "cuda":
@@ -90,7 +92,21 @@ class MemoryMonitor:
         self.alerts: deque[Alert] = deque(maxlen=self.config.max_alerts or None)
         self.last: Reading | None = None
         self._process = psutil.Process()
-        self._nvml: Any = None
+        self._nvml: Any = nvml  # a profiler.collect.nvml.NvmlDevice (shared or our own)
+        self._owns_nvml = False
+        self.nvml_problem: str | None = None
+
+    def close(self) -> None:
+        """Shut down the NVML session this monitor opened itself (a shared one stays open)."""
+        if self._owns_nvml and self._nvml is not None:
+            self._nvml.close()
+        self._nvml, self._owns_nvml = None, False
+
+    def __enter__(self) -> MemoryMonitor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def read(self) -> Reading:
         """One measurement, without alerting."""
@@ -129,21 +145,26 @@ class MemoryMonitor:
         return "ok"
 
     def _read_nvml(self, now: float) -> Reading | None:
-        try:
-            from profiler.collect import nvml as nvml_mod
-
-            if self._nvml is None:
-                lib = nvml_mod._pynvml()
-                lib.nvmlInit()
-                handle = lib.nvmlDeviceGetHandleByIndex(nvml_mod._nvml_index(lib, self.device))
-                self._nvml = (nvml_mod, lib, handle)
-            nvml_mod, lib, handle = self._nvml
-            raw = nvml_mod.read_device(lib, handle, False)
-            if raw.get("lost") or not raw.get("total") or raw.get("used") is None:
-                return None
-            return Reading(raw["used"] / raw["total"], raw["used"], raw["total"], "nvml", now)
-        except Exception:  # NVML is optional: any failure falls back to mem_get_info
+        if self.nvml_problem is not None:
             return None
+        if self._nvml is None:
+            from profiler.collect.nvml import NvmlDevice
+
+            owner = NvmlDevice(self.device)
+            try:
+                owner.open()
+            except Exception as exc:  # NVML is optional: fall back to mem_get_info
+                self.nvml_problem = f"NVML unavailable: {type(exc).__name__}: {exc}"
+                return None
+            self._nvml, self._owns_nvml = owner, True
+        try:
+            raw = self._nvml.read(False)
+        except Exception as exc:  # a closed shared owner, a dead driver: fall back
+            self.nvml_problem = f"NVML read failed: {type(exc).__name__}: {exc}"
+            return None
+        if raw.get("lost") or not raw.get("total") or raw.get("used") is None:
+            return None
+        return Reading(raw["used"] / raw["total"], raw["used"], raw["total"], "nvml", now)
 
 
 class Trimmable(Protocol):
