@@ -20,26 +20,34 @@ def disable_onednn_primitive_cache() -> None:
     os.environ.setdefault(ONEDNN_CACHE_VARIABLE, "0")
 
 
-def resolve_device(name: str):
-    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> ``torch.device``.
+def resolve_device(name, cuda_count: int | None = None):
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` (or a ``torch.device``) -> ``torch.device``.
 
     ``auto`` picks CUDA when available. Raises ``ConfigError`` naming the
-    problem for an unknown device or a CUDA request without CUDA.
+    problem for an unknown device, a CUDA request without CUDA, or ``cuda:N``
+    with N at or above the device count. ``cuda_count`` stands for
+    ``torch.cuda.device_count()`` (None: ask torch; 0: no CUDA).
     """
     import torch
 
     from energy_flow.config import ConfigError
 
+    if cuda_count is None:
+        cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if cuda_count > 0 else "cpu")
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
         raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
     if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"unsupported device {name!r}; use auto, cpu or cuda[:N]")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+        raise ConfigError(f"unsupported device {str(name)!r}; use auto, cpu or cuda[:N]")
+    if device.type == "cuda" and cuda_count == 0:
+        raise ConfigError(f"device {str(name)!r} requested but CUDA is not available")
+    if device.type == "cuda" and device.index is not None and device.index >= cuda_count:
+        visible = "cuda:0" if cuda_count == 1 else f"cuda:0 to cuda:{cuda_count - 1}"
+        raise ConfigError(f"device {str(name)!r} does not exist: {cuda_count} CUDA device"
+                          f"{'' if cuda_count == 1 else 's'} visible ({visible})")
     return device
 
 

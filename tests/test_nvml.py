@@ -120,7 +120,7 @@ def test_a_cpu_run_never_opens_nvml(fake_nvml):
     status = sampler.start()
     sampler.stop()
     assert status.available is False
-    assert status.reason == "NVML not sampled: the run's device is cpu"
+    assert status.reason == "NVML unavailable: not sampled on a cpu run"
     assert fake.calls == {"nvmlInit": 0, "nvmlShutdown": 0} and sampler.rows() == []
 
 

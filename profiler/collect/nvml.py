@@ -7,7 +7,7 @@ module is the one boundary: ``NvmlDevice(device, nvml=module)`` takes any
 module with pynvml's names (tests hand in a fake one).
 
 Only a CUDA run is sampled, and only its own device: a CPU run does not touch
-NVML (status "NVML not sampled: the run's device is cpu").
+NVML (status "NVML unavailable: not sampled on a cpu run").
 
 Identity: the CUDA device's UUID (``torch.cuda.get_device_properties().uuid``)
 is looked up in NVML as ``GPU-<uuid>`` and, for a MIG instance, ``MIG-<uuid>``,
@@ -372,8 +372,8 @@ class NvmlSampler:
             self.status = NvmlStatus(False, "NVML unavailable: disabled by option")
             return self.status
         if self.device.type != "cuda":
-            self.status = NvmlStatus(False, f"NVML not sampled: the run's device is "
-                                            f"{self.device.type}")
+            self.status = NvmlStatus(False, f"NVML unavailable: not sampled on a "
+                                            f"{self.device.type} run")
             return self.status
         owner = NvmlDevice(self.device, self._module)
         try:

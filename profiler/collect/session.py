@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from profiler.analyze.memory import memory_growth, pool_rows
+from profiler.collect.failure import failure_status
 from profiler.collect.nvml import NvmlConfig, NvmlSampler
 from profiler.collect.signals import StopRequested, StopSignals
 from profiler.collect.stats import CudaSnapshot, StepMemory, sync
@@ -125,7 +126,7 @@ class ProfileSession:
         self.memory = StepMemory(device)
         self.nvml = NvmlSampler(options.nvml, device)
         self.scalars = ScalarWriter(options.run_dir)
-        self.snapshot = CudaSnapshot(device)
+        self.snapshot = CudaSnapshot(device, path=str(options.run_dir / CUDA_SNAPSHOT))
         self.trace: TraceSession | None = None
         self.workload: Workload | None = None
         self._scalar_rows = 0
@@ -135,7 +136,10 @@ class ProfileSession:
 
     # --- the run ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        from energy_flow.runtime import resolve_device
+
         o = self.o
+        resolve_device(self.device)  # ConfigError before anything is written
         self.writer.create(o.overwrite)
         self.writer.update(
             name=o.name, status="running", command=list(o.command), config={
@@ -160,13 +164,9 @@ class ProfileSession:
         except (StopRequested, KeyboardInterrupt) as exc:
             status = "interrupted"
             error = {"type": type(exc).__name__, "message": str(exc) or "KeyboardInterrupt"}
-        except torch.cuda.OutOfMemoryError as exc:
-            status, error = "oom", {"type": type(exc).__name__, "message": str(exc)}
-            at_failure = self._failure_state()
-        except Exception as exc:
-            status, error = "failed", {"type": type(exc).__name__, "message": str(exc)}
-            if "can't allocate memory" in str(exc):  # CPU allocator out of memory
-                status = "oom"
+        except Exception as exc:  # CUDA, cuBLAS, cuDNN, driver and CPU OOMs give "oom"
+            status, error = failure_status(exc), {"type": type(exc).__name__,
+                                                  "message": str(exc)}
             at_failure = self._failure_state()
         return self._finish(status, error, at_failure, time.perf_counter() - t_start)
 
@@ -181,7 +181,6 @@ class ProfileSession:
             self.writer.update(nvml=status.to_json(o.nvml.interval_s))
             self.writer.meta["versions"].update(driver=status.driver, nvml=status.nvml_version)
         if o.mode == "full":
-            self.snapshot.start()
             self.trace = TraceSession(o.run_dir, o.trace, self.device)
         self.writer.update(trace={"schedule": o.trace.to_json(), "files": []}
                            if o.mode == "full" else None)
@@ -191,6 +190,8 @@ class ProfileSession:
                 self._stop.check()
                 bare = o.mode == "bare" or (o.measure_overhead and (i % 2) == ((i // 2) % 2))
                 traced = self.trace is not None and self.trace.recording
+                if o.mode != "bare":  # memory history only in the trace window (or guard)
+                    self.snapshot.window(traced)
                 self.rows.append({**self._step(i, bare), "traced": int(traced)})
                 if self.trace is not None:
                     self.trace.step()
@@ -229,6 +230,7 @@ class ProfileSession:
                "optimizer_ms": None if p is None or b is None else (p - b) * 1e3,
                "end_ts": time.time(), "instrumented": 1}
         row.update(self.memory.read())
+        self.snapshot.guard(i, row["peak_bytes"], row["reserved_bytes"])
         return row
 
     def _monitor(self, i: int) -> None:
@@ -260,6 +262,7 @@ class ProfileSession:
             state = self.memory.at_failure()
             if self.snapshot.dump(str(self.o.run_dir / CUDA_SNAPSHOT)):
                 state["snapshot"] = CUDA_SNAPSHOT
+                state["snapshot_python_stacks"] = self.snapshot.recording
             return state
         except Exception as exc:  # the device may be unusable after the failure
             return {"error": f"{type(exc).__name__}: {exc}"}
@@ -279,9 +282,11 @@ class ProfileSession:
         attempt("steps", self._flush_steps)
         if self.trace is not None:
             attempt("trace", self._finish_trace)
-        if self.o.mode == "full" and status == "complete":
+        if self.o.mode == "full" and status == "complete" and not self.snapshot.dumped_with_stacks:
             attempt("snapshot", lambda: self.snapshot.dump(str(self.o.run_dir / CUDA_SNAPSHOT)))
         attempt("snapshot-stop", self.snapshot.stop)
+        if self.snapshot.active:
+            self.writer.update(memory_history=self.snapshot.to_json())
         if self._window_rows or self.pool_rows:
             attempt("categories", self._finish_categories)
         attempt("scalars", self.scalars.close)
@@ -296,7 +301,9 @@ class ProfileSession:
         return self.writer.meta
 
     def _finish_nvml(self) -> None:
-        self.nvml.stop()
+        status = self.nvml.stop()
+        if status.available:  # what was actually sampled
+            self.writer.update(nvml=status.to_json(self.o.nvml.interval_s))
         rows = self.nvml.rows()
         if rows:
             self.writer.write_csv(NVML_CSV, rows, NVML_COLUMNS)

@@ -88,24 +88,112 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class CudaSnapshot:
-    """Bounded CUDA allocation history with Python stacks (no-op on CPU builds / devices)."""
+# The OOM guard turns the allocation history on once a step's peak leaves less than this
+# fraction of the device free (peak allocated + memory that is not PyTorch's, over total).
+OOM_GUARD_HEADROOM = 0.10
 
-    def __init__(self, device: torch.device, max_entries: int = 100_000) -> None:
+
+def history_unsupported(backend: str) -> str | None:
+    """Why the allocator ``backend`` (``torch.cuda.get_allocator_backend()``) cannot record
+    a memory history with stacks, or None when it can."""
+    if backend == "cudaMallocAsync":
+        return ("memory history unavailable: the cudaMallocAsync allocator backend "
+                "(PYTORCH_CUDA_ALLOC_CONF) records neither history nor snapshots")
+    return None
+
+
+def guard_should_arm(total: int, free: int, reserved: int, peak_allocated: int,
+                     headroom: float = OOM_GUARD_HEADROOM) -> bool:
+    """True when a step's peak came within ``headroom`` of the device's capacity: bytes not
+    PyTorch's (``total - free - reserved``: context, libraries, other processes) plus the
+    step's peak allocated bytes leave less than ``headroom * total`` free."""
+    not_torch = max(0, total - free - reserved)
+    return total - (not_torch + peak_allocated) < headroom * total
+
+
+class CudaSnapshot:
+    """CUDA allocation history with Python stacks, recorded only while it is asked for
+    (no-op on CPU builds / devices), and the memory snapshot it feeds.
+
+    - ``window(on)``: the trace window of a full run (history on while the profiler
+      records; the snapshot is written at the end of the first window, stacks included);
+    - ``guard(step, peak, reserved)``: after a measured step, arms the history for the rest
+      of the run once ``guard_should_arm`` says an OOM is near, so that the snapshot of an
+      OOM that follows has stacks;
+    - an allocator that cannot record (cudaMallocAsync) or a failing call leaves the
+      history off with ``reason`` recorded, and the run goes on.
+    ``to_json()`` is the record for run.json.
+    """
+
+    def __init__(self, device: torch.device, max_entries: int = 100_000,
+                 path: str | None = None, backend: str | None = None) -> None:
+        self.device = device
         self.active = device.type == "cuda" and torch.cuda.is_available()
         self.max_entries = max_entries
+        self.path = path
+        self.reason: str | None = None
+        if self.active:
+            self.reason = history_unsupported(backend or torch.cuda.get_allocator_backend())
+        self.async_backend = self.reason is not None
+        self.recording = False
+        self.window_on = False
+        self.windows = 0
+        self.guard_step: int | None = None
+        self.dumped_with_stacks = False
+
+    def _set(self, on: bool) -> None:
+        if not self.active or self.reason is not None or on == self.recording:
+            return
+        try:
+            if on:
+                torch.cuda.memory._record_memory_history(stacks="python",
+                                                         max_entries=self.max_entries)
+            else:
+                torch.cuda.memory._record_memory_history(enabled=None)
+        except RuntimeError as exc:
+            self.reason = f"memory history unavailable: {exc}"
+            return
+        self.recording = on
 
     def start(self) -> None:
-        if self.active:
-            torch.cuda.memory._record_memory_history(stacks="python",
-                                                     max_entries=self.max_entries)
+        """History on now (until ``stop``), whatever the window and guard say."""
+        self.window_on = True
+        self._set(True)
+
+    def window(self, on: bool) -> None:
+        if on and not self.window_on:
+            self.windows += 1
+        if not on and self.window_on and self.recording and self.path is not None \
+                and not self.dumped_with_stacks:
+            self.dumped_with_stacks = self.dump(self.path)
+        self.window_on = on
+        self._set(on or self.guard_step is not None)
+
+    def guard(self, step: int, peak_allocated: int | None, reserved: int | None) -> None:
+        if not self.active or self.guard_step is not None or peak_allocated is None:
+            return
+        free, total = torch.cuda.mem_get_info(self.device)
+        if guard_should_arm(total, free, reserved or 0, peak_allocated):
+            self.guard_step = step
+            self._set(True)
 
     def dump(self, path: str) -> bool:
-        if not self.active:
+        if not self.active or self.async_backend:
             return False
-        torch.cuda.memory._dump_snapshot(path)
+        try:
+            torch.cuda.memory._dump_snapshot(path)
+        except RuntimeError as exc:
+            self.reason = self.reason or f"memory snapshot unavailable: {exc}"
+            return False
         return True
 
     def stop(self) -> None:
-        if self.active:
-            torch.cuda.memory._record_memory_history(enabled=None)
+        self.window_on = False
+        self._set(False)
+
+    def to_json(self) -> dict[str, Any] | None:
+        if not self.active:
+            return None
+        return {"python_stacks": "trace window and OOM guard", "windows": self.windows,
+                "guard_headroom": OOM_GUARD_HEADROOM, "guard_armed_at_step": self.guard_step,
+                "unavailable": self.reason}
