@@ -200,8 +200,23 @@ class _TimedWorkspace:
         return self.inner.pool_stats()
 
 
+def rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The generators a training step on ``device`` draws from: the CPU one and, on CUDA,
+    that device's (random tensors made on the GPU use the GPU's generator)."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
+
+
 class _Runner:
-    """One trainer per kind with its own RNG stream, stepped in turn on the same batches."""
+    """One trainer per kind with its own RNG streams (CPU and, on CUDA, the device's),
+    stepped in turn on the same batches: every kind does the same work."""
 
     def __init__(self, config, device: torch.device, kinds: tuple[str, ...], seed: int):
         self.device, self.config = device, config
@@ -210,18 +225,18 @@ class _Runner:
             torch.manual_seed(seed)
             workspace = _TimedWorkspace(make_workspace(kind, device))
             self.trainers[kind] = Trainer(config, device, workspace=workspace)
-            self.rng[kind] = torch.get_rng_state()
+            self.rng[kind] = rng_state(device)
         self.data = SyntheticPairs(seed=seed)
 
     def step(self, kind: str, step: int):
         inputs, targets = self.data.batch(self.config.batch_size, step, device=self.device)
-        torch.set_rng_state(self.rng[kind])
+        set_rng_state(self.rng[kind], self.device)
         _sync(self.device)
         t0 = time.perf_counter()
         result = self.trainers[kind].train_step(inputs, targets)
         _sync(self.device)
         elapsed = (time.perf_counter() - t0) * 1e3
-        self.rng[kind] = torch.get_rng_state()
+        self.rng[kind] = rng_state(self.device)
         return result, elapsed
 
 
