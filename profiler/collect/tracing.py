@@ -3,7 +3,8 @@
 The session writes gzip-compressed traces with ``tensorboard_trace_handler`` on
 a ``torch.profiler.schedule(wait, warmup, active, repeat)`` policy, with memory
 profiling and shapes, ProfilerStep spans from ``prof.step()`` and the rank in
-``distributedInfo``. It also drops phase-end markers (``profiler.phase_end.<phase>#<step>``)
+``distributedInfo``; post-processing rewrites CUDA runtime events' category for the
+TensorBoard plugin (``patch_for_tensorboard``). It also drops phase-end markers (``profiler.phase_end.<phase>#<step>``)
 and snapshots the addresses of parameters, gradients and optimizer state at
 each phase end of a recorded step, for the tensor-role view.
 """
@@ -157,14 +158,43 @@ def merge_operators(tables: list[pd.DataFrame]) -> pd.DataFrame:
     return df.sort_values("total_us", ascending=False)[list(OPERATOR_COLUMNS)]
 
 
+# Kineto (torch >= 2.0) writes CUDA runtime / driver API calls with these categories;
+# torch-tb-profiler 0.4.3 knows only "Runtime" (its EventTypeMap), drops them, and then
+# attributes every kernel to CallTreeRoot in its Operator and Kernel views.
+KINETO_RUNTIME_CATEGORIES = ("cuda_runtime", "cuda_driver")
+TB_RUNTIME_CATEGORY = "Runtime"
+ORIGINAL_CATEGORY_ARG = "kineto category"
+
+
+def patch_for_tensorboard(trace: dict[str, Any]) -> bool:
+    """Make a trace readable by torch-tb-profiler 0.4.3, in place; True if it changed.
+
+    - ``distributedInfo`` added when torch did not write it;
+    - CUDA runtime / driver events get the category the plugin understands
+      (``Runtime``; Kineto's original kept in ``args["kineto category"]``), so that the
+      plugin links each kernel, through its runtime call's correlation and external id,
+      to the operator that launched it.
+    """
+    changed = False
+    if "distributedInfo" not in trace:
+        trace["distributedInfo"] = _distributed_info()
+        changed = True
+    for e in trace.get("traceEvents", ()):
+        cat = e.get("cat")
+        if cat in KINETO_RUNTIME_CATEGORIES:
+            e["cat"] = TB_RUNTIME_CATEGORY
+            e.setdefault("args", {})[ORIGINAL_CATEGORY_ARG] = cat
+            changed = True
+    return changed
+
+
 def ensure_distributed_info(path: Path, trace: dict[str, Any]) -> bool:
-    """Add ``distributedInfo`` to the trace file ``path`` (already read as ``trace``) when
-    torch did not write it (atomic rewrite). True if patched."""
+    """Apply ``patch_for_tensorboard`` to the trace file ``path`` (already read as
+    ``trace``) with one atomic rewrite when anything changed. True if patched."""
     import gzip
 
-    if "distributedInfo" in trace:
+    if not patch_for_tensorboard(trace):
         return False
-    trace["distributedInfo"] = _distributed_info()
     data = json.dumps(trace).encode("utf-8")
     atomic_write_bytes(path, gzip.compress(data, 6) if path.name.endswith(".gz") else data)
     return True
