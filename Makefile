@@ -13,7 +13,7 @@ FAIL    ?=
 PORT    ?= 6006
 export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: setup test train profile report claims tensorboard lint bench clean
+.PHONY: setup test train profile report claims tensorboard lint bench gpu-check clean
 
 .venv/.installed: pyproject.toml
 	python3 -m venv .venv
@@ -56,6 +56,11 @@ tensorboard: .venv/.installed
 
 bench: .venv/.installed
 	$(PY) -m energy_flow bench --preset $(PRESET)
+
+# On a CUDA machine: the GPU-marked tests (none may skip) and live checks -> reports/gpu-check/.
+# Without CUDA: one line and exit status 2.
+gpu-check: .venv/.installed
+	$(PY) -m profiler.gpucheck
 
 clean:
 	rm -rf runs .pytest_cache
