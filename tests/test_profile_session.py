@@ -130,5 +130,9 @@ def test_full_run_on_cuda(tmp_path):
     if meta["nvml"]["available"]:
         nvml = pd.read_csv(tmp_path / "cuda" / "nvml.csv")
         assert len(nvml) >= 1 and (nvml["lost"] == 0).all()
-        total = nvml["torch_allocated_bytes"] + nvml["torch_cache_bytes"] + nvml["non_torch_bytes"]
-        assert (total == nvml["used_bytes"]).all()
+        # independent readings: NVML's used memory holds the allocator's reserved bytes and
+        # a CUDA context (positive, under 4 GiB for this one process on the device)
+        reserved = nvml["torch_allocated_bytes"] + nvml["torch_cache_bytes"]
+        assert (nvml["used_bytes"] >= reserved).all()
+        assert ((nvml["non_torch_bytes"] > 0) & (nvml["non_torch_bytes"] < 4 * 2**30)).all()
+        assert meta["nvml"]["metrics"]["used_bytes"] == "sampled"
