@@ -15,16 +15,28 @@ export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: setup test train profile report claims tensorboard lint bench gpu-check clean
 
+TORCH_VERSION := 2.13.0
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+
+# torch==$(TORCH_VERSION) on every machine: with a working nvidia-smi, the CUDA build (PyPI's
+# default Linux wheel), and setup fails in one line if CUDA is then unusable; without a GPU,
+# the CPU build from PyTorch's CPU index when it answers within 5 s, else what pip finds.
 .venv/.installed: pyproject.toml
 	python3 -m venv .venv
-	# A CUDA machine gets the user's normal torch; a CPU machine gets the CPU build
-	# pip finds locally (no multi-GB CUDA download).
 	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
-		$(PY) -m pip install --quiet torch; \
+		echo "setup: GPU found; installing torch==$(TORCH_VERSION) (CUDA build)"; \
+		$(PY) -m pip install --quiet torch==$(TORCH_VERSION) || exit 1; \
+		$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || { \
+			echo "setup: nvidia-smi sees a GPU but torch $(TORCH_VERSION) cannot use it (torch.cuda.is_available() is False: driver $$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1) too old for CUDA $$($(PY) -c 'import torch; print(torch.version.cuda)')?)" >&2; exit 1; }; \
+	elif $(PY) -c "import urllib.request; urllib.request.urlopen('$(TORCH_CPU_INDEX)/torch/', timeout=5)" >/dev/null 2>&1; then \
+		echo "setup: no GPU; torch==$(TORCH_VERSION) CPU build from $(TORCH_CPU_INDEX)"; \
+		$(PY) -m pip install --quiet --timeout 30 --index-url $(TORCH_CPU_INDEX) torch==$(TORCH_VERSION) || exit 1; \
 	else \
-		$(PY) -m pip install --quiet torch==2.13.0; \
+		echo "setup: no GPU; $(TORCH_CPU_INDEX) unreachable, torch==$(TORCH_VERSION) from pip's configured index"; \
+		$(PY) -m pip install --quiet torch==$(TORCH_VERSION) || exit 1; \
 	fi
 	$(PY) -m pip install --quiet -e '.[test]'
+	@$(PY) -c "import torch; print('setup: torch', torch.__version__, '(CUDA', (torch.version.cuda or 'none') + ')')"
 	touch $@
 
 setup: .venv/.installed
