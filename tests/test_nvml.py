@@ -201,6 +201,20 @@ def test_any_getter_failure_empties_one_metric_and_the_thread_keeps_sampling(fak
     assert final.to_json(0.5)["rows"] == len(rows)
 
 
+def test_a_sampler_that_never_managed_a_row_says_so(fake_nvml):
+    sampler = NvmlSampler(NvmlConfig(interval_s=0.5, process_interval_s=0.5), CUDA0,
+                          nvml=fake_nvml(), torch_mem=lambda: (1,), pid=PID)  # unusable
+    assert sampler.start(cuda_uuid="aaaa-0000").available
+    time.sleep(1.2)  # three attempts, each failing inside the thread
+    assert sampler._thread.is_alive()
+    final = sampler.stop()
+    assert sampler.rows() == [] and final.available is False
+    assert final.reason.startswith("NVML unavailable: no sample was taken (sampler: "
+                                   "unavailable: IndexError: tuple index out of range)")
+    assert final.to_json(0.5) == {"available": False, "reason": final.reason,
+                                  "interval_s": 0.5, "gpus": [0]}
+
+
 def test_a_lost_gpu_gives_lost_rows(fake_nvml):
     fake = fake_nvml(fail={"nvmlDeviceGetMemoryInfo": fake_nvml.NVMLError_GpuIsLost("lost")})
     sampler, _ = started(fake)

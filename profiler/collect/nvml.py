@@ -435,6 +435,11 @@ class NvmlSampler:
             rows = self.rows()
             self.status.rows = len(rows)
             self.status.metrics = sampled_metrics(rows, self.owner.problems)
+            if not rows:  # opened, but nothing was measured: not "available"
+                problems = "; ".join(f"{k}: {v}" for k, v in self.owner.problems.items())
+                self.status.available = False
+                self.status.reason = ("NVML unavailable: no sample was taken"
+                                      + (f" ({problems})" if problems else ""))
         return self.status
 
 
