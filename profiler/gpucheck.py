@@ -14,7 +14,8 @@ Live checks (``CHECKS``; each returns ``{"ok": bool, ...figures}``):
 - nvml_power: power in watts within 10-1500 W while the GPU works;
 - oom_full / oom_light: a deliberate OOM gives status ``oom`` with allocator state and a
   snapshot with stacks; history off afterwards; allocated memory back to its baseline;
-- light_vs_full: untraced step time, light vs full mode (memory history cost);
+- light_vs_full: untraced step time, light vs full mode;
+- history_cost: training steps with the allocation history on vs off, interleaved;
 - presets: one training step of the experiment and optimized presets, time and peak memory;
 - bench: the model benchmark (steps/s, flow-steps/s, GRU share of the TF32 peak);
 - claims: ``python -m profiler claims --device cuda`` (its table under reports/gpu-check/claims).
@@ -309,6 +310,39 @@ def check_light_vs_full(tmp: Path) -> dict[str, Any]:
             "note": "debug preset, 40 steps; full's untraced steps exclude the trace window"}
 
 
+def check_history_cost(tmp: Path) -> dict[str, Any]:
+    """Debug training steps with the allocation history (Python stacks) on vs off,
+    interleaved step by step: the cost the trace window and the OOM guard pay."""
+    import statistics
+
+    from energy_flow.config import make_config
+    from energy_flow.data import SyntheticPairs
+    from energy_flow.trainer import Trainer
+
+    device = torch.device("cuda:0")
+    config = make_config("debug")
+    trainer = Trainer(config, device)
+    data = SyntheticPairs(config.embedding_dim, seed=config.seed)
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    for i in range(24):
+        label = "on" if i % 2 else "off"
+        inputs, targets = data.batch(config.batch_size, i, device)
+        if label == "on":
+            torch.cuda.memory._record_memory_history(stacks="python", max_entries=100_000)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        trainer.train_step(inputs, targets)
+        torch.cuda.synchronize()
+        elapsed = (time.perf_counter() - t0) * 1e3
+        if label == "on":
+            torch.cuda.memory._record_memory_history(enabled=None)
+        if i >= 4:
+            times[label].append(elapsed)
+    off, on = statistics.median(times["off"]), statistics.median(times["on"])
+    return {"ok": history_is_off(device), "step_ms_median_history_off": off,
+            "step_ms_median_history_on": on, "ratio": on / off, "steps_each": len(times["on"])}
+
+
 def check_presets(tmp: Path) -> dict[str, Any]:
     from energy_flow.config import make_config
     from energy_flow.data import SyntheticPairs
@@ -388,7 +422,8 @@ CHECKS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "environment": check_environment, "categories": check_categories, "syncs": check_syncs,
     "nvml_identity": check_nvml_identity, "nvml_power": check_nvml_power,
     "oom_full": check_oom_full, "oom_light": check_oom_light,
-    "light_vs_full": check_light_vs_full, "presets": check_presets, "bench": check_bench,
+    "light_vs_full": check_light_vs_full, "history_cost": check_history_cost,
+    "presets": check_presets, "bench": check_bench,
     "claims": check_claims,
 }
 

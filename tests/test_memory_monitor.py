@@ -135,3 +135,15 @@ def test_cuda_pool_reuses_device_memory():
     del a
     b = pool.get_tensor((1024,), device="cuda:0")
     assert b.device.type == "cuda" and b.data_ptr() == ptr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_nvml_pressure_with_its_own_session_and_shut_down():
+    with MemoryMonitor(MonitorConfig(source="nvml"), device="cuda") as monitor:
+        reading = monitor.read()
+        assert monitor.nvml_problem is None and reading.source == "nvml"
+        free, total = torch.cuda.mem_get_info()
+        assert abs(reading.limit_bytes - total) <= 0.02 * total  # the same device, via NVML
+        assert reading.used_bytes >= torch.cuda.memory_reserved()
+    assert monitor._nvml is None  # closed on exit
