@@ -65,3 +65,12 @@ def test_the_report_is_written_in_md_and_json(tmp_path):
     assert "| nvml_power | FAIL |" in md
     assert render_markdown(report) == md
     assert list(CHECKS)[:3] == ["environment", "categories", "syncs"]
+
+
+def test_its_session_runner_works_on_any_device(tmp_path):
+    from profiler.gpucheck import run_session
+
+    meta = run_session(tmp_path / "r", "full", 5, device=torch.device("cpu"), tolerance_bytes=0)
+    assert meta["status"] == "complete" and meta["steps_completed"] == 5
+    assert meta["attribution"]["ok"] and meta["attribution"]["tolerance_bytes"] == 0
+    assert meta["nvml"]["reason"] == "NVML unavailable: not sampled on a cpu run"
