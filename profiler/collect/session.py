@@ -302,7 +302,7 @@ class ProfileSession:
 
     def _finish_nvml(self) -> None:
         status = self.nvml.stop()
-        if status.available:  # what was actually sampled
+        if self.nvml.owner is not None:  # it was sampled: record what actually was
             self.writer.update(nvml=status.to_json(self.o.nvml.interval_s))
         rows = self.nvml.rows()
         if rows:
