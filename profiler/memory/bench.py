@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -241,6 +242,25 @@ class _Runner:
 
 
 def run_train(cfg: BenchConfig, preset: str) -> dict[str, Any]:
+    """Every kind trains on the same batches with its own RNG streams. On CUDA it also runs
+    with deterministic algorithms (``warn_only``; ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless
+    set), restored afterwards: atomic adds in scatter / index kernels would otherwise give
+    identical work different losses, and a changed loss changes spawning, hence the work."""
+    if torch.device(cfg.device).type != "cuda":
+        return _run_train(cfg, preset)
+    was = torch.are_deterministic_algorithms_enabled()
+    was_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        out = _run_train(cfg, preset)
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=was_warn)
+    out["deterministic_algorithms"] = True
+    return out
+
+
+def _run_train(cfg: BenchConfig, preset: str) -> dict[str, Any]:
     device = torch.device(cfg.device)
     config = make_config(preset, **cfg.overrides.get(preset, {}))
     runner = _Runner(config, device, cfg.kinds, cfg.seed)
