@@ -228,9 +228,10 @@ def check_nvml_identity(tmp: Path) -> dict[str, Any]:
             ok = False
             continue
         got = json.loads(proc.stdout.strip().splitlines()[-1])
-        cuda = got["cuda"].lower()
-        cuda = cuda.split("-", 1)[1] if cuda.startswith(("gpu-", "mig-")) else cuda
-        match = got["nvml"].lower().endswith(cuda)
+        from profiler.collect.nvml import uuid_text
+
+        match = uuid_text(got["cuda"]) is not None and uuid_text(got["nvml"]) == uuid_text(
+            got["cuda"])
         if visible is not None:
             match = match and got["index"] == int(visible)
         ok = ok and match

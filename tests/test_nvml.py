@@ -13,6 +13,7 @@ from profiler.collect.nvml import (
     outer_pid,
     process_problem,
     reading_row,
+    uuid_text,
 )
 from profiler.memory.monitor import MemoryMonitor, MonitorConfig
 from profiler.rundir import NVML_COLUMNS
@@ -244,6 +245,13 @@ def test_process_problems_and_the_outer_pid():
     assert outer_pid("Name:\tpython\n") > 0  # no NSpid line: os.getpid()
 
 
+def test_uuids_are_read_from_any_of_their_spellings():
+    plain = "5d1fe7bd-f1f4-8a6a-e9d9-b83a4b9ab0d1"
+    for spelling in (plain, f"GPU-{plain}", f"MIG-{plain.upper()}", f"UUID('{plain}')"):
+        assert uuid_text(spelling) == plain
+    assert uuid_text(None) is None and uuid_text("GPU-not-a-uuid") is None
+
+
 def test_a_sampler_starts_once(fake_nvml):
     sampler, _ = started(fake_nvml())
     with pytest.raises(RuntimeError, match="already started"):
@@ -323,8 +331,7 @@ def test_nvml_identity_is_the_cuda_devices_uuid():
                              text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         got = json.loads(out.stdout.strip().splitlines()[-1])
-        assert got["nvml"].lower().endswith(got["cuda"].lower().split("-", 1)[-1]
-                                            if got["cuda"].lower().startswith(("gpu-", "mig-"))
-                                            else got["cuda"].lower()), got
+        assert uuid_text(got["cuda"]) is not None, got
+        assert uuid_text(got["nvml"]) == uuid_text(got["cuda"]), got
         if visible is not None:
             assert got["index"] == int(visible), got

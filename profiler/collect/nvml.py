@@ -45,6 +45,7 @@ Reconciliation (CUDA): used = torch allocated + allocator cache
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -180,16 +181,21 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _cuda_uuid(index: int) -> str | None:
-    """The CUDA device's UUID without a GPU-/MIG- prefix, lower case; None if unknown."""
-    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
-    if uuid is None:
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def uuid_text(value: Any) -> str | None:
+    """The 8-4-4-4-12 hex UUID in ``str(value)`` (lower case, without a GPU-/MIG- prefix or
+    a ``UUID('...')`` wrapper), or None when there is none."""
+    if value is None:
         return None
-    text = str(uuid).strip().lower()
-    for prefix in ("gpu-", "mig-"):
-        if text.startswith(prefix):
-            text = text[len(prefix):]
-    return text or None
+    match = _UUID.search(str(value).lower())
+    return match.group(0) if match else None
+
+
+def _cuda_uuid(index: int) -> str | None:
+    """The CUDA device's UUID (``torch.cuda.get_device_properties().uuid``), or None."""
+    return uuid_text(getattr(torch.cuda.get_device_properties(index), "uuid", None))
 
 
 class NvmlDevice:
