@@ -36,16 +36,18 @@ TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 		$(PY) -m pip install --quiet torch==$(TORCH_VERSION) || exit 1; \
 	fi
 	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps holistictraceanalysis==0.5.0
 	@$(PY) -c "import torch; print('setup: torch', torch.__version__, '(CUDA', (torch.version.cuda or 'none') + ')')"
 	touch $@
 
 setup: .venv/.installed
 
-test: .venv/.installed
+test: lint
 	$(PY) -m pytest -q -W error::FutureWarning
 
 lint: .venv/.installed
-	$(PY) -m ruff check energy_flow profiler tests
+	$(PY) -m ruff check energy_flow profiler tests examples
+	$(PY) -m mypy
 
 train: .venv/.installed
 	$(PY) -m energy_flow train --preset $(PRESET) --steps $(or $(STEPS),20)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from profiler.errors import InterruptedRun, ProfilerError, RunDirError, UsageError
 
@@ -17,10 +18,19 @@ from profiler.errors import InterruptedRun, ProfilerError, RunDirError, UsageErr
 def _add_profile(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "profile", help="run the model under instrumentation into runs/<name>/",
-        description="Train the energy_flow model for a few steps under instrumentation and "
-                    "write a run directory (run.json, steps.csv, memory_by_category.csv, "
+        description="Train a workload (the built-in energy_flow model, or yours with "
+                    "--workload) for a few steps under instrumentation and write a run "
+                    "directory (run.json, steps.csv, memory_by_category.csv, "
                     "allocations.csv, operators.csv, nvml.csv, traces, TensorBoard scalars).")
     p.error = _profile_usage_error  # one line on bad options, nothing written
+    p.add_argument("--workload", default="energy_flow", metavar="SPEC",
+                   help="what to train: energy_flow (default) | package.module:factory | "
+                        "path/to/file.py:factory, where factory(device) returns a Workload "
+                        "(README: 'Profile your own model')")
+    p.add_argument("--module-depth", type=int, default=None, metavar="N",
+                   help="full mode, workloads with a module: attribute memory to modules down "
+                        "to N levels of qualified name (default: the deepest level with at "
+                        "most 30 modules)")
     p.add_argument("--preset", default="debug",
                    help="model preset: debug | experiment | optimized (default: debug)")
     p.add_argument("--steps", type=int, default=None,
@@ -46,8 +56,9 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=None,
                    help="warm-up steps excluded from statistics (default: 3, at most steps - 1)")
     p.add_argument("--monitor-interval", type=int, default=10, metavar="STEPS",
-                   help="every STEPS steps: progress line on stderr, steps.csv and scalars "
-                        "flushed (default: 10)")
+                   help="every STEPS steps: a progress line on stderr (default: 10); steps.csv "
+                        "is rewritten at most every 30 s and at the end, TensorBoard scalars "
+                        "are written at the end")
     p.add_argument("--nvml-interval", type=float, default=1.0, metavar="S",
                    help="NVML sample period in seconds, >= 0.5 (default: 1.0)")
     p.add_argument("--nvml-process-interval", type=float, default=5.0, metavar="S",
@@ -93,6 +104,16 @@ def _profile_options(args: argparse.Namespace):
     from profiler.collect.session import MODES, ProfileOptions
     from profiler.collect.tracing import TraceSchedule
 
+    custom = args.workload != "energy_flow"
+    if custom:
+        given = [flag for flag, value, default in (
+            ("--preset", args.preset, "debug"), ("--variant", args.variant, "after"),
+            ("--pool", args.pool, "off"), ("--set", args.overrides, [])) if value != default]
+        if given:
+            raise UsageError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to "
+                             f"the energy_flow workload only, not --workload {args.workload}")
+    if args.module_depth is not None and args.module_depth < 0:
+        raise UsageError(f"--module-depth must be >= 0, got {args.module_depth}")
     if args.preset not in PRESET_NAMES:
         raise UsageError(f"unknown preset {args.preset!r}; choose from {', '.join(PRESET_NAMES)}")
     if args.variant not in VARIANTS:
@@ -113,7 +134,7 @@ def _profile_options(args: argparse.Namespace):
         raise UsageError("--measure-overhead needs --mode light")
     try:
         overrides = dict(parse_override(text) for text in args.overrides)
-        config = apply_variant(make_config(args.preset, **overrides), args.variant)
+        config: Any = apply_variant(make_config(args.preset, **overrides), args.variant)
         nvml = NvmlConfig(interval_s=args.nvml_interval,
                           process_interval_s=args.nvml_process_interval)
         trace = TraceSchedule(args.trace_wait, args.trace_warmup, args.trace_active,
@@ -128,7 +149,8 @@ def _profile_options(args: argparse.Namespace):
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    name = args.name or f"{args.preset}-{args.variant}-{args.mode}-{stamp}"
+    label = _workload_label(args.workload) if custom else f"{args.preset}-{args.variant}"
+    name = args.name or f"{label}-{args.mode}-{stamp}"
     if not name or "/" in name or name in (".", ".."):
         raise UsageError(f"--name {name!r} must be a plain directory name")
     out = Path(args.out)
@@ -140,13 +162,33 @@ def _profile_options(args: argparse.Namespace):
         raise UsageError(f"output directory {out} is not writable")
     if run_dir.exists() and not args.overwrite:
         raise RunDirError(f"run directory {run_dir} already exists (use --overwrite)")
+    if custom:
+        from profiler.collect.workload import WorkloadLoadError, custom_workload
+
+        try:
+            make_workload = custom_workload(args.workload)
+        except WorkloadLoadError as exc:
+            raise UsageError(str(exc)) from None
+        config = None
+    else:
+        from profiler.collect.workload import make_energy_flow_workload as make_workload
     options = ProfileOptions(
-        run_dir=run_dir, name=name, preset=args.preset, variant=args.variant, pool=args.pool,
+        run_dir=run_dir, name=name, preset=None if custom else args.preset,
+        variant=None if custom else args.variant, pool=args.pool,
         mode=args.mode, steps=steps, warmup=warmup,
         monitor_interval=args.monitor_interval, overrides=overrides, nvml=nvml, trace=trace,
         overwrite=args.overwrite, measure_overhead=args.measure_overhead,
-        command=tuple(sys.argv))
-    return options, config, device
+        command=tuple(sys.argv), workload=args.workload, module_depth=args.module_depth)
+    return options, config, device, make_workload
+
+
+def _workload_label(spec: str) -> str:
+    """A run-name stem from a --workload spec: "examples/cnn.py:make" -> "cnn"."""
+    from pathlib import Path
+
+    target = spec.rpartition(":")[0]
+    stem = Path(target).stem if target.endswith(".py") else target.rsplit(".", 1)[-1]
+    return stem or "workload"
 
 
 def _profile_summary(meta: dict) -> str:
@@ -154,8 +196,9 @@ def _profile_summary(meta: dict) -> str:
     lines = [f"run: {meta['status']}  {meta['steps_completed']}/{meta['steps_requested']} steps"
              f"  device {meta['device']['type']}  mode {meta['config']['mode']}"]
     if t.get("step_ms_median") is not None:
-        lines.append(f"step time: median {t['step_ms_median']:.1f} ms, "
-                     f"{t['samples_per_s']:.1f} samples/s (warm-up and traced steps excluded)")
+        rate = "" if t.get("samples_per_s") is None else f", {t['samples_per_s']:.1f} samples/s"
+        lines.append(f"step time: median {t['step_ms_median']:.1f} ms{rate} "
+                     f"(warm-up and traced steps excluded)")
     if t.get("traced_step_ms_median") is not None:
         lines.append(f"traced steps: median {t['traced_step_ms_median']:.1f} ms")
     if t.get("overhead"):
@@ -182,13 +225,13 @@ def _profile_summary(meta: dict) -> str:
 
 
 def _run_profile(args: argparse.Namespace) -> int:
-    from profiler.collect.session import ProfileSession
-    from profiler.collect.workload import make_energy_flow_workload
+    from profiler.profiling import run_profile
 
-    options, config, device = _profile_options(args)
-    print(f"profiling {options.preset}/{options.variant} on {device} ({options.mode}, "
+    options, config, device, make_workload = _profile_options(args)
+    what = options.workload if options.preset is None else f"{options.preset}/{options.variant}"
+    print(f"profiling {what} on {device} ({options.mode}, "
           f"{options.steps} steps) -> {options.run_dir}", file=sys.stderr, flush=True)
-    meta = ProfileSession(options, config, device, make_energy_flow_workload).run()
+    meta = run_profile(options, config, device, make_workload)
     print(options.run_dir)
     print(_profile_summary(meta))
     codes = {"complete": 0, "interrupted": InterruptedRun.exit_code, "failed": 1, "oom": 1}

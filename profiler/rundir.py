@@ -10,16 +10,21 @@ column says otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-from energy_flow.regions import REGIONS
-from energy_flow.runtime import atomic_write
+from typing import Any, BinaryIO
 
 SCHEMA_VERSION = 1
 
-RUN_JSON = "run.json"
+# The run's metadata, JSON. Named .jsonc (JSON is valid JSONC) so that trace tools that load
+# every *.json / *.gz file of a directory as a trace (HolisticTraceAnalysis) skip it;
+# run directories written before keep run.json, which readers still accept.
+RUN_JSON = "run.jsonc"
+LEGACY_RUN_JSON = "run.json"
 STEPS_CSV = "steps.csv"
 MEMORY_BY_CATEGORY_CSV = "memory_by_category.csv"
 ALLOCATIONS_CSV = "allocations.csv"
@@ -29,7 +34,9 @@ CUDA_SNAPSHOT = "cuda_memory_snapshot.pickle"
 TRACE_SUFFIXES = (".pt.trace.json.gz", ".pt.trace.json")
 
 STATUSES = ("running", "complete", "interrupted", "failed", "oom")
-PHASES = ("warmup", "measured")
+PHASES = ("warmup", "measured")  # steps.csv "phase": warm-up rows stay out of statistics
+VIEWS = ("region", "role", "pool")  # memory_by_category.csv "view"
+STEP_PARTS = ("forward", "backward", "optimizer")  # phases with a steps.csv <phase>_ms column
 
 # steps.csv: one row per training step.
 STEPS_COLUMNS = (
@@ -41,16 +48,30 @@ STEPS_COLUMNS = (
     "optimizer_ms",     # clipping + optimizer.step + zero_grad
     "loss",
     "skipped",          # 1 when the step was skipped as non-finite
-    "samples",          # embeddings in the batch
+    "samples",          # samples in the batch (energy_flow: embeddings)
+    "allocated_bytes",  # allocator: currently allocated at the end of the step
+    "reserved_bytes",   # allocator: reserved (CUDA caching allocator; = allocated on CPU)
+    "peak_bytes",       # allocator: peak allocated during the step
+    "rss_bytes",        # process resident set size at the end of the step
+)
+
+# steps.csv columns written only when the workload reports them (energy_flow does);
+# readers treat them as absent otherwise. Any other field a workload returns from a step
+# (``prof.step(lr=...)``) becomes a column after these, in the order it first appears.
+OPTIONAL_STEPS_COLUMNS = (
     "flows_created",    # initial + spawned flows
     "flows_live_peak",
     "flows_completed",
     "steps_taken",      # lattice steps of the forward pass
     "flow_steps",       # sum over lattice steps of live flows (GRU rows processed)
-    "allocated_bytes",  # allocator: currently allocated at the end of the step
-    "reserved_bytes",   # allocator: reserved (CUDA caching allocator; = allocated on CPU)
-    "peak_bytes",       # allocator: peak allocated during the step
-    "rss_bytes",        # process resident set size at the end of the step
+)
+
+# steps.csv columns the collector adds after those (then a workload's own columns):
+COLLECTOR_STEPS_COLUMNS = (
+    "end_ts",           # step end, seconds since the epoch
+    "traced",           # 1 when torch.profiler was warming up or recording during the step
+                        # (slower: kept out of the step-time statistics)
+    "instrumented",     # --measure-overhead only: 1 instrumented, 0 bare step
 )
 
 # memory_by_category.csv: per step and category.
@@ -100,8 +121,11 @@ NVML_COLUMNS = (
 # operators.csv: top operators of the trace window (self and total time).
 OPERATOR_COLUMNS = ("name", "count", "self_us", "total_us", "self_device_us", "total_device_us")
 
-MODEL_REGIONS = REGIONS  # energy_flow.<region> record_function scopes of the model
 OTHER_REGION = "other"
+# record_function scope names the collector writes into traces:
+MODULE_SCOPE_PREFIX = "module::"        # module::<qualified name>: one nn.Module's forward
+PHASE_SCOPE_PREFIX = "profiler.phase."  # profiler.phase.<phase>: a phase of profiler.profile
+PHASE_MARK_PREFIX = "profiler.phase_end."  # profiler.phase_end.<phase>#<step>: a phase end
 TENSOR_ROLES = ("parameter", "gradient", "optimizer_state", "activation", "temporary", "other")
 
 
@@ -114,8 +138,35 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     atomic_write(path, lambda handle: handle.write(data))
 
 
+def atomic_write(path: Path | str, write: Callable[[BinaryIO], object]) -> None:
+    """Create ``path`` through ``write(binary_file)`` on a temporary file in the same folder,
+    fsync and rename: readers see the old file or the whole new one, never a part. (The
+    model keeps its own copy for checkpoints: it never imports the profiler.)"""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def write_json(path: Path | str, payload: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def run_json_path(run_dir: Path | str) -> Path:
+    """The metadata file of ``run_dir``: ``RUN_JSON``, else an older run's
+    ``LEGACY_RUN_JSON``; ``RUN_JSON``'s path when neither exists."""
+    run_dir = Path(run_dir)
+    path = run_dir / RUN_JSON
+    legacy = run_dir / LEGACY_RUN_JSON
+    return legacy if not path.exists() and legacy.exists() else path
 
 
 def trace_files(run_dir: Path | str) -> list[Path]:
@@ -123,19 +174,30 @@ def trace_files(run_dir: Path | str) -> list[Path]:
     return sorted(p for p in run_dir.iterdir() if p.name.endswith(TRACE_SUFFIXES))
 
 
-# run.json top-level keys (the writer fills every one; missing values are null):
+# run.json(c) top-level keys; the writer fills every one of RUN_JSON_KEYS (missing values
+# are null) and refuses any key not listed here:
 #   schema_version, name, status (STATUSES), error (null or {"type", "message"}),
 #   command (argv list), config ({"preset", "overrides", "variant", "pool", "mode",
-#   "model": EnergyConfig.to_dict()}), seeds ({"model", "data"}),
-#   versions ({"python", "torch", "cuda", "cudnn", "driver", "nvml"}),
-#   device ({"type", "name", "total_memory_bytes"}), host, git_revision,
-#   started_at, ended_at (ISO 8601 UTC), steps_requested, steps_completed,
-#   warmup_steps, nvml ({"available": bool, "reason": str|null, "interval_s"}),
-#   trace ({"schedule": {"wait", "warmup", "active", "repeat"}, "files": [...]}),
-#   attribution ({"tolerance_bytes", "sum_categories_bytes", "allocator_total_bytes"}),
-#   memory_at_failure (oom only: allocator stats at that moment)
+#   "workload", "model": EnergyConfig.to_dict() or the user's config}), seeds ({"model",
+#   "data", "torch"}), versions ({"python", "torch", "cuda", "cudnn", "driver", "nvml"}),
+#   device ({"type", "name", "total_memory_bytes", "allocator_stats"}), host, git_revision,
+#   started_at, ended_at (ISO 8601 UTC), steps_requested (null for a user loop),
+#   steps_completed, warmup_steps, nvml ({"available": bool, "reason": str|null,
+#   "interval_s"}), trace ({"schedule": {"wait", "warmup", "active", "repeat"},
+#   "files": [...]}), attribution (the region sum check: "device", "events",
+#   "sum_categories_bytes", "allocator_total_bytes", "tolerance_bytes", "ok",
+#   "by_category", "view", "scopes" {"region_prefix", "regions", "modules"},
+#   "module_depth"), timings ({"setup_s", "total_s", "trace_postprocess_s",
+#   "step_ms_median", "step_ms_mean", "traced_step_ms_median", "samples_per_s",
+#   "overhead"}), memory_growth (analyze.memory.memory_growth), environment
+#   (ENVIRONMENT variables that change speed or memory).
+# Only on some runs: memory_at_failure (failed / oom: allocator state),
+#   finalize_errors (what could not be written while finishing), memory_history (CUDA:
+#   the allocation-history recording, collect.stats.CudaSnapshot.to_json).
 RUN_JSON_KEYS = (
     "schema_version", "name", "status", "error", "command", "config", "seeds", "versions",
     "device", "host", "git_revision", "started_at", "ended_at", "steps_requested",
-    "steps_completed", "warmup_steps", "nvml", "trace", "attribution",
+    "steps_completed", "warmup_steps", "nvml", "trace", "attribution", "timings",
+    "memory_growth", "environment",
 )
+OPTIONAL_RUN_JSON_KEYS = ("memory_at_failure", "finalize_errors", "memory_history")

@@ -59,10 +59,9 @@ def _claims(*args: str) -> subprocess.CompletedProcess:
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 
-def test_claims_cli_tiny(tmp_path):
-    tiny = ["--set", "lattice_width=4", "--set", "lattice_height=4", "--set", "lattice_depth=4",
-            "--set", "batch_size=2", "--set", "carrier_hidden=16", "--set", "carrier_layers=1",
-            "--set", "mapper_hidden=32", "--set", "max_flows=1000"]
+@pytest.mark.slow
+def test_claims_cli_tiny(tmp_path, tiny_sets):
+    tiny = tiny_sets
     proc = _claims("--device", "cpu", "--threads", "1", "--flows", "2000", "--repeats", "2",
                    "--steps", "2",
                    "--cleanup-steps", "9", "--pool-steps", "3", "--out", str(tmp_path), *tiny)
@@ -91,6 +90,7 @@ def test_claims_cli_tiny(tmp_path):
     assert "flow initialization, 100k+ flows (loop -> batched)" in md
 
 
+@pytest.mark.slow
 def test_claims_cli_rejects_bad_override(tmp_path):
     proc = _claims("--device", "cpu", "--set", "carrier_hidden=wide", "--out", str(tmp_path))
     assert proc.returncode == 2

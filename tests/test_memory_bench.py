@@ -19,6 +19,7 @@ def _bench(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=env, timeout=120)
 
 
+@pytest.mark.slow
 def test_micro_section_writes_one_row_per_shape_write_and_method(tmp_path):
     out = tmp_path / "bench.json"
     proc = _bench("--sections", "micro", "--micro-iters", "40", "--out", str(out))

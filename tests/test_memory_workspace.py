@@ -3,19 +3,14 @@
 import pytest
 import torch
 
-from energy_flow.config import make_config
 from energy_flow.data import SyntheticPairs
 from energy_flow.trainer import Trainer
 from energy_flow.workspace import TorchWorkspace, Workspace
 from profiler.memory import WORKSPACE_KINDS, make_workspace
 from profiler.memory.manager import POOL_STAT_KEYS
 
-TINY = dict(lattice_width=4, lattice_height=4, lattice_depth=4, batch_size=2, carrier_hidden=16,
-            carrier_layers=1, mapper_hidden=32, max_flows=1000)
 
-
-def _train(kind: str, steps: int) -> tuple[list[float], Workspace]:
-    config = make_config("debug", **TINY)
+def _train(config, kind: str, steps: int) -> tuple[list[float], Workspace]:
     torch.manual_seed(0)
     workspace = make_workspace(kind, torch.device("cpu"))
     trainer = Trainer(config, "cpu", workspace=workspace)
@@ -24,8 +19,8 @@ def _train(kind: str, steps: int) -> tuple[list[float], Workspace]:
     return losses, workspace
 
 
-def test_every_kind_trains_to_identical_losses():
-    runs = {kind: _train(kind, 4) for kind in WORKSPACE_KINDS}
+def test_every_kind_trains_to_identical_losses(tiny_config):
+    runs = {kind: _train(tiny_config, kind, 4) for kind in WORKSPACE_KINDS}
     reference = runs["off"][0]
     assert all(loss > 0 for loss in reference)
     for kind in ("simple", "managed"):

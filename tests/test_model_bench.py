@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from energy_flow.bench import bench_flow_init, bench_gru_floor, bench_quantize, bench_train
 
 
@@ -32,12 +34,11 @@ def test_bench_flow_init_and_quantize(tiny):
         assert r["distance_bytes"] == (32 * 80 * 12 if method == "broadcast" else 0)
 
 
-def test_bench_cli_json():
-    sets = ["lattice_width=4", "lattice_height=4", "lattice_depth=4", "batch_size=2",
-            "carrier_hidden=16", "carrier_layers=1", "mapper_hidden=32", "max_flows=1000"]
+@pytest.mark.slow
+def test_bench_cli_json(tiny_sets):
     cmd = [sys.executable, "-m", "energy_flow", "bench", "--json", "--repeats", "1",
            "--flows", "100", "--steps", "1", "--warmup", "0", "--quantize-preset", "debug",
-           *[a for s in sets for a in ("--set", s)]]
+           *tiny_sets]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
                           env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr

@@ -6,22 +6,27 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from energy_flow.trainer import Trainer
 
-TINY_SETS = ["lattice_width=4", "lattice_height=4", "lattice_depth=4", "batch_size=2",
-             "carrier_hidden=16", "carrier_layers=1", "mapper_hidden=32", "max_flows=1000"]
+pytestmark = pytest.mark.slow  # subprocesses / servers: end-to-end
+
+@pytest.fixture
+def _run(tiny_sets):
+    """``_run(*args)``: ``python -m energy_flow`` on the tiny config."""
+
+    def run(*args, timeout=120):
+        sets = tiny_sets
+        return subprocess.run([sys.executable, "-m", "energy_flow", *args, *sets],
+                              capture_output=True, text=True, timeout=timeout,
+                              env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+
+    return run
 
 
-def _run(*args, timeout=120):
-    sets = [a for s in TINY_SETS for a in ("--set", s)]
-    return subprocess.run([sys.executable, "-m", "energy_flow", *args, *sets],
-                          capture_output=True, text=True, timeout=timeout,
-                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
-
-
-def test_train_jsonl_and_checkpoint_on_a_data_file(tmp_path):
+def test_train_jsonl_and_checkpoint_on_a_data_file(tmp_path, _run):
     ckpt, data = tmp_path / "out.pt", tmp_path / "pairs.pt"
     torch.save({"input_embeddings": torch.randn(3, 768),
                 "target_embeddings": torch.randn(3, 768)}, data)
@@ -40,7 +45,7 @@ def test_train_jsonl_and_checkpoint_on_a_data_file(tmp_path):
     assert state["step"] == 3 and state["config"]["carrier_hidden"] == 16
 
 
-def test_train_resume_from_checkpoint(tmp_path, tiny):
+def test_train_resume_from_checkpoint(tmp_path, tiny, _run):
     ckpt = tmp_path / "start.pt"
     Trainer(tiny).save_checkpoint(ckpt)
     proc = _run("train", "--steps", "1", "--jsonl", "--resume", str(ckpt))
@@ -48,7 +53,7 @@ def test_train_resume_from_checkpoint(tmp_path, tiny):
     assert json.loads(proc.stdout)["step"] == 1  # step counter continues from 0
 
 
-def test_bad_override_and_bad_data_are_clear_errors(tmp_path):
+def test_bad_override_and_bad_data_are_clear_errors(tmp_path, _run):
     proc = _run("train", "--steps", "1", "--set", "lattice_widht=3")
     assert proc.returncode == 2
     assert "unknown config field 'lattice_widht'" in proc.stderr

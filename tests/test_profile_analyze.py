@@ -12,9 +12,17 @@ from profiler.analyze.memory import (
     memory_growth,
     owners,
 )
-from profiler.parse.trace import TraceFrames, attribute_memory, innermost
+from profiler.parse.trace import (
+    ScopeRules,
+    TraceFrames,
+    attribute_memory,
+    innermost,
+    operator_table,
+    parse_trace,
+)
 
 MAIN, AUTOGRAD = 1, 2
+ENERGY_FLOW = ScopeRules("energy_flow.", ("mapper", "neuron", "carrier", "backward"))
 
 
 def spans(rows):
@@ -52,10 +60,49 @@ def test_region_attribution_same_thread_and_backward_threads():
         (86, MAIN, 8, 56, "cpu", 4),         # a non-region scope -> other
         (95, AUTOGRAD, 8, 64, "cuda:0", 5),  # autograd thread after backward -> other
     ])
-    ev = attribute_memory(TraceFrames(ops, notes, mem, {}))
+    ev = attribute_memory(TraceFrames(ops, notes, mem, {}), ENERGY_FLOW)
     assert ev["region"].tolist() == ["neuron", "carrier", "other", "backward", "other", "other"]
     assert ev["op"].tolist() == ["aten::mm", "", "", "aten::add", "", ""]
     assert ev["step"].tolist() == [7] * 6
+
+
+def test_modules_user_scopes_and_backward_nodes_by_sequence_number():
+    notes = spans([
+        ("ProfilerStep#3", MAIN, 0, 200),
+        ("profiler.phase.forward", MAIN, 1, 60),
+        ("module::encoder", MAIN, 2, 40),
+        ("module::encoder.layers.0", MAIN, 5, 20),
+        ("my_scope", MAIN, 45, 10),          # a user's record_function scope
+        ("Optimizer.step#AdamW.step", MAIN, 150, 20),  # torch's own: not a category
+        ("profiler.phase.backward", MAIN, 70, 60),
+    ])
+    ops = spans([
+        ("aten::mm", MAIN, 6, 3), ("aten::relu", MAIN, 30, 2), ("aten::mul", MAIN, 46, 2),
+        ("autograd::engine::evaluate_function: MmBackward0", MAIN, 80, 10),
+        ("autograd::engine::evaluate_function: ReluBackward0", AUTOGRAD, 95, 10),
+        ("autograd::engine::evaluate_function: MulBackward0", MAIN, 110, 5),
+        ("autograd::engine::evaluate_function: AddBackward0", MAIN, 120, 5),
+    ])
+    ops["seq"] = [11, 12, 13, 11, 12, 13, 99]  # 99: no forward op in the window
+    ops["fwd_tid"] = [-1, -1, -1, 1, 1, 1, 1]
+    mem = memory([
+        (7, MAIN, 64, 64, "cpu", 1),        # mm inside encoder.layers.0
+        (31, MAIN, 32, 96, "cpu", 2),       # relu inside encoder
+        (47, MAIN, 16, 112, "cpu", 3),      # mul inside the user's scope
+        (58, MAIN, 8, 120, "cpu", 4),       # forward phase, outside any module
+        (85, MAIN, 64, 184, "cpu", 5),      # MmBackward0 -> its forward module
+        (100, AUTOGRAD, 32, 216, "cpu", 6),  # ReluBackward0 on another thread -> encoder
+        (112, MAIN, 16, 232, "cpu", 7),     # MulBackward0 -> the user's scope
+        (122, MAIN, 4, 236, "cpu", 8),      # unknown node: the enclosing backward phase
+        (160, MAIN, 8, 244, "cpu", 9),      # optimizer: no scope -> other
+    ])
+    ev = attribute_memory(TraceFrames(ops, notes, mem, {}), ScopeRules())
+    assert ev["region"].tolist() == [
+        "encoder.layers.0", "encoder", "my_scope", "forward", "encoder.layers.0", "encoder",
+        "my_scope", "backward", "other"]
+    # with a workload's declared prefix only its scopes (and modules, phases) count
+    ev = attribute_memory(TraceFrames(ops, notes, mem, {}), ScopeRules("energy_flow.", ()))
+    assert ev["region"].tolist()[:4] == ["encoder.layers.0", "encoder", "forward", "forward"]
 
 
 def test_owners_and_free_times_pair_blocks_by_address():
@@ -129,3 +176,33 @@ def test_memory_growth_stable_leak_and_rss_fallback():
     settling = [0, 0] + [1e9 + 8e6 * min(i, 30) for i in range(200)]
     g = memory_growth(steps_frame(settling))
     assert g["verdict"] == "stable" and abs(g["growth_bytes_per_step"]) < 1e-3
+
+
+def test_operator_table_self_total_and_device_times_from_the_trace():
+    def op(name, ts, dur, ext, tid=MAIN):
+        return {"ph": "X", "cat": "cpu_op", "name": name, "pid": 1, "tid": tid, "ts": ts,
+                "dur": dur, "args": {"External id": ext}}
+
+    trace = {"traceEvents": [
+        {"ph": "X", "cat": "user_annotation", "name": "ProfilerStep#4", "pid": 1, "tid": MAIN,
+         "ts": 0, "dur": 100, "args": {}},
+        {"ph": "X", "cat": "user_annotation", "name": "my_scope", "pid": 1, "tid": MAIN,
+         "ts": 5, "dur": 50, "args": {}},
+        op("aten::linear", 10, 30, 1), op("aten::addmm", 12, 20, 2), op("aten::mm", 60, 10, 3),
+        op("aten::mm", 80, 6, 4, tid=AUTOGRAD),
+        {"ph": "X", "cat": "kernel", "name": "gemm", "pid": 0, "tid": 7, "ts": 15, "dur": 4,
+         "args": {"External id": 2}},
+        {"ph": "X", "cat": "kernel", "name": "gemm", "pid": 0, "tid": 7, "ts": 62, "dur": 3,
+         "args": {"External id": 3}},
+    ]}
+    table = operator_table(parse_trace(trace)).set_index("name")
+    assert table.loc["my_scope", "self_us"] == 20 and table.loc["my_scope", "total_us"] == 50
+    assert table.loc["aten::linear", "self_us"] == 10 and table.loc["aten::addmm", "self_us"] == 20
+    assert table.loc["aten::mm", "count"] == 2 and table.loc["aten::mm", "total_us"] == 16
+    assert table.loc["aten::addmm", "self_device_us"] == 4
+    assert table.loc["aten::linear", "self_device_us"] == 0
+    assert table.loc["aten::linear", "total_device_us"] == 4
+    assert table.loc["my_scope", "total_device_us"] == 4
+    assert table.loc["aten::mm", "self_device_us"] == 3
+    assert "ProfilerStep#4" not in table.index
+    assert list(table.index[:2]) == ["my_scope", "aten::linear"]  # largest total first

@@ -19,34 +19,39 @@ from profiler.rundir import (
     ALLOCATION_COLUMNS,
     MEMORY_COLUMNS,
     OPERATOR_COLUMNS,
+    RUN_JSON,
     RUN_JSON_KEYS,
     STEPS_COLUMNS,
     trace_files,
 )
 
-TINY = ["lattice_width=4", "lattice_height=4", "lattice_depth=4", "batch_size=2",
-        "carrier_hidden=16", "carrier_layers=1", "mapper_hidden=32", "max_flows=1000"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def profile_cmd(out: Path, name: str, *extra: str) -> list[str]:
-    sets = [arg for field in TINY for arg in ("--set", field)]
-    return [sys.executable, "-m", "profiler", "profile", "--out", str(out), "--name", name,
-            "--device", "cpu", *sets, *extra]
+@pytest.fixture
+def profile_cmd(tiny_sets):
+    """``profile_cmd(out, name, *extra)``: the profile command line on the tiny config."""
+
+    def build(out: Path, name: str, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "profiler", "profile", "--out", str(out), "--name", name,
+                "--device", "cpu", *tiny_sets, *extra]
+
+    return build
 
 
 def run(cmd, timeout=120):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
 
 
-def test_full_run_writes_the_whole_run_directory(tmp_path):
+@pytest.mark.slow
+def test_full_run_writes_the_whole_run_directory(tmp_path, profile_cmd):
     proc = run(profile_cmd(tmp_path, "full", "--steps", "8", "--warmup", "2", "--mode", "full"))
     assert proc.returncode == 0, proc.stderr
     run_dir = tmp_path / "full"
     out = proc.stdout.splitlines()
     assert out[0] == str(run_dir)
     assert out[1].startswith("run: complete  8/8 steps")
-    meta = json.loads((run_dir / "run.json").read_text())
+    meta = json.loads((run_dir / RUN_JSON).read_text())
     assert set(RUN_JSON_KEYS) <= set(meta)
     assert meta["status"] == "complete" and meta["error"] is None
     assert meta["steps_completed"] == 8 and meta["warmup_steps"] == 2
@@ -101,7 +106,7 @@ BAD_OPTIONS = [
 
 
 @pytest.mark.parametrize("args, message", BAD_OPTIONS)
-def test_bad_options_give_one_line_and_write_nothing(tmp_path, capsys, args, message):
+def test_bad_options_give_one_line_and_write_nothing(tmp_path, capsys, args, message, profile_cmd):
     try:
         code = main(profile_cmd(tmp_path / "out", "bad", *args)[3:])
     except SystemExit as exc:  # argparse-level errors
@@ -112,14 +117,15 @@ def test_bad_options_give_one_line_and_write_nothing(tmp_path, capsys, args, mes
     assert not (tmp_path / "out").exists()
 
 
-def test_bad_option_in_a_subprocess(tmp_path):
+@pytest.mark.slow
+def test_bad_option_in_a_subprocess(tmp_path, profile_cmd):
     proc = run(profile_cmd(tmp_path / "out", "bad", "--steps", "-5"))
     assert proc.returncode == 2
     assert proc.stderr == "error: --steps must be > 0, got -5\n" and proc.stdout == ""
     assert not (tmp_path / "out").exists()
 
 
-def test_existing_run_and_unwritable_output(tmp_path, capsys):
+def test_existing_run_and_unwritable_output(tmp_path, capsys, profile_cmd):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("x")
     argv = profile_cmd(tmp_path, "taken", "--steps", "2", "--mode", "light")[3:]
@@ -146,8 +152,9 @@ def _wait_for(proc, needle: str, limit_s: float = 60.0) -> str:
     raise AssertionError(f"never saw {needle!r}; stderr:\n{seen}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, sig", [("light", signal.SIGINT), ("full", signal.SIGTERM)])
-def test_signal_mid_run_leaves_an_interrupted_valid_run(tmp_path, mode, sig):
+def test_signal_mid_run_leaves_an_interrupted_valid_run(tmp_path, mode, sig, profile_cmd):
     cmd = profile_cmd(tmp_path, "stop", "--steps", "100000", "--warmup", "1", "--mode", mode,
                       "--monitor-interval", "1", "--trace-wait", "1", "--trace-warmup", "1",
                       "--trace-active", "100000")
@@ -161,7 +168,7 @@ def test_signal_mid_run_leaves_an_interrupted_valid_run(tmp_path, mode, sig):
             proc.kill()
     assert proc.returncode == 130, stderr
     run_dir = tmp_path / "stop"
-    meta = json.loads((run_dir / "run.json").read_text())
+    meta = json.loads((run_dir / RUN_JSON).read_text())
     assert meta["status"] == "interrupted"
     assert meta["error"]["message"] == f"stopped by {sig.name}"
     steps = pd.read_csv(run_dir / "steps.csv")

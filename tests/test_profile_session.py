@@ -9,31 +9,42 @@ import pandas as pd
 import pytest
 import torch
 
-from energy_flow.config import make_config
+from profiler.analyze.timings import paired_overhead
 from profiler.collect.nvml import NvmlConfig
-from profiler.collect.session import ProfileOptions, ProfileSession, paired_overhead
+from profiler.collect.session import ProfileOptions, ProfileSession
 from profiler.collect.tracing import TraceSchedule
 from profiler.collect.workload import EnergyFlowWorkload, make_energy_flow_workload
+from profiler.profiling import postprocess
+from profiler.rundir import RUN_JSON
 
-TINY = dict(lattice_width=4, lattice_height=4, lattice_depth=4, batch_size=2,
-            carrier_hidden=16, carrier_layers=1, mapper_hidden=32, max_flows=1000)
 CPU = torch.device("cpu")
 
 
-def session(tmp_path, name, mode, steps=5, pool="off", factory=make_energy_flow_workload,
-            device=CPU):
-    options = ProfileOptions(
-        run_dir=tmp_path / name, name=name, preset="debug", variant="after", pool=pool,
-        mode=mode, steps=steps, warmup=1, monitor_interval=2, overrides=TINY,
-        nvml=NvmlConfig(), trace=TraceSchedule(wait=1, warmup=1, active=2))
-    return ProfileSession(options, make_config("debug", **TINY), device, factory,
-                          log=io.StringIO())
+@pytest.fixture
+def session(tiny_overrides, tiny_config):
+    """``session(tmp_path, name, mode, ...)``: a ProfileSession of the tiny config."""
+
+    def build(tmp_path, name, mode, steps=5, pool="off", factory=make_energy_flow_workload,
+              device=CPU):
+        options = ProfileOptions(
+            run_dir=tmp_path / name, name=name, preset="debug", variant="after", pool=pool,
+            mode=mode, steps=steps, warmup=1, monitor_interval=2, overrides=tiny_overrides,
+            nvml=NvmlConfig(), trace=TraceSchedule(wait=1, warmup=1, active=2))
+        return ProfileSession(options, tiny_config, device, factory, log=io.StringIO())
+
+    return build
 
 
-def test_same_seed_same_losses_with_and_without_profiling(tmp_path):
+def finish(s: ProfileSession) -> dict:
+    """Collect, then post-process (what ``profiler.profiling.run_profile`` does)."""
+    s.run()
+    return postprocess(s)
+
+
+def test_same_seed_same_losses_with_and_without_profiling(tmp_path, session):
     losses = {}
     for mode in ("bare", "light", "full"):
-        meta = session(tmp_path, mode, mode).run()
+        meta = finish(session(tmp_path, mode, mode))
         assert meta["status"] == "complete"
         losses[mode] = pd.read_csv(tmp_path / mode / "steps.csv")["loss"].tolist()
     assert len(losses["bare"]) == 5 and len(set(losses["bare"])) > 1
@@ -65,19 +76,19 @@ class Breaks:
         return Failing()
 
 
-def test_a_crash_leaves_failed_with_the_error_and_the_steps_so_far(tmp_path):
-    meta = session(tmp_path, "crash", "light", factory=Breaks(2, RuntimeError("boom"))).run()
+def test_a_crash_leaves_failed_with_the_error_and_the_steps_so_far(tmp_path, session):
+    meta = finish(session(tmp_path, "crash", "light", factory=Breaks(2, RuntimeError("boom"))))
     assert meta["status"] == "failed"
     assert meta["error"] == {"type": "RuntimeError", "message": "boom"}
-    saved = json.loads((tmp_path / "crash" / "run.json").read_text())
+    saved = json.loads((tmp_path / "crash" / RUN_JSON).read_text())
     assert saved["status"] == "failed" and saved["steps_completed"] == 2
     assert pd.read_csv(tmp_path / "crash" / "steps.csv")["step"].tolist() == [0, 1]
     assert saved["memory_at_failure"]["rss_bytes"] > 0
 
 
-def test_out_of_memory_is_its_own_status_with_the_memory_state(tmp_path):
+def test_out_of_memory_is_its_own_status_with_the_memory_state(tmp_path, session):
     oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-    meta = session(tmp_path, "oom", "full", factory=Breaks(3, oom)).run()
+    meta = finish(session(tmp_path, "oom", "full", factory=Breaks(3, oom)))
     assert meta["status"] == "oom" and meta["steps_completed"] == 3
     assert meta["error"]["type"] == "OutOfMemoryError"
     assert meta["memory_at_failure"]["rss_bytes"] > 0
@@ -85,8 +96,8 @@ def test_out_of_memory_is_its_own_status_with_the_memory_state(tmp_path):
     assert meta["trace"]["files"] and meta["attribution"]["events"] > 0
 
 
-def test_pool_statistics_are_recorded_per_step(tmp_path):
-    meta = session(tmp_path, "pool", "light", steps=4, pool="simple").run()
+def test_pool_statistics_are_recorded_per_step(tmp_path, session):
+    meta = finish(session(tmp_path, "pool", "light", steps=4, pool="simple"))
     assert meta["status"] == "complete" and meta["config"]["pool"] == "simple"
     rows = pd.read_csv(tmp_path / "pool" / "memory_by_category.csv")
     pool = rows[rows["view"] == "pool"]
@@ -115,8 +126,8 @@ def test_paired_overhead_uses_measured_pairs_only():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_full_run_on_cuda(tmp_path):
-    meta = session(tmp_path, "cuda", "full", steps=6, device=torch.device("cuda")).run()
+def test_full_run_on_cuda(tmp_path, session):
+    meta = finish(session(tmp_path, "cuda", "full", steps=6, device=torch.device("cuda")))
     assert meta["status"] == "complete", meta["error"]
     assert meta["device"]["type"] == "cuda"
     assert meta["attribution"]["device"] == "cuda:0" and meta["attribution"]["ok"]

@@ -6,27 +6,36 @@ import gzip
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from energy_flow.config import make_config
+from energy_flow.regions import REGION_PREFIX, REGIONS
 from profiler.analyze.memory import attribution_check, owners
-from profiler.collect.tracing import TraceSchedule, TraceSession, window_tables
+from profiler.analyze.window import window_tables
+from profiler.collect.tracing import TraceSchedule, TraceSession
 from profiler.collect.workload import make_energy_flow_workload
-from profiler.parse.trace import attribute_memory, parse_trace, phase_marks, read_trace
-from profiler.rundir import ALLOCATION_COLUMNS, MEMORY_COLUMNS, MODEL_REGIONS, TENSOR_ROLES
+from profiler.parse.scan import scan_events
+from profiler.parse.trace import (
+    ScopeRules,
+    attribute_memory,
+    parse_trace,
+    phase_marks,
+    read_frames,
+    read_trace,
+)
+from profiler.rundir import ALLOCATION_COLUMNS, MEMORY_COLUMNS, TENSOR_ROLES
 
-TINY = dict(lattice_width=4, lattice_height=4, lattice_depth=4, batch_size=2,
-            carrier_hidden=16, carrier_layers=1, mapper_hidden=32, max_flows=1000)
 ACTIVE = (2, 3)
+RULES = ScopeRules(REGION_PREFIX, REGIONS)  # energy_flow's declared regions
 
 
 @pytest.fixture(scope="module")
-def traced(tmp_path_factory):
+def traced(tmp_path_factory, tiny_config):
     run_dir = tmp_path_factory.mktemp("trace")
     device = torch.device("cpu")
     torch.manual_seed(0)
-    workload = make_energy_flow_workload(make_config("debug", **TINY), device, "off")
+    workload = make_energy_flow_workload(tiny_config, device, "off")
     with TraceSession(run_dir, TraceSchedule(wait=1, warmup=1, active=2), device) as session:
         for i in range(5):
             workload.step(i, lambda name, i=i: session.mark_phase(name, i, workload.role_tensors()))
@@ -35,7 +44,7 @@ def traced(tmp_path_factory):
     path = run_dir / session.files[0]
     frames = parse_trace(read_trace(path))
     return {"session": session, "path": path, "frames": frames, "workload": workload,
-            "events": attribute_memory(frames), "device": device}
+            "events": attribute_memory(frames, RULES), "device": device}
 
 
 def test_trace_file_has_steps_memory_and_rank(traced):
@@ -56,7 +65,7 @@ def test_memory_events_are_parsed_and_attributed(traced):
     assert set(ev["device"]) == {"cpu"}
     assert set(ev["step"]) == set(ACTIVE)
     assert (ev["bytes"] > 0).any() and (ev["bytes"] < 0).any()
-    assert set(ev["region"]) <= set(MODEL_REGIONS) | {"other"}
+    assert set(ev["region"]) <= set(REGIONS) | {"other"}
     for region in ("mapper", "flow_init", "neuron", "carrier", "collect", "loss", "backward",
                    "optimizer"):
         assert (ev["region"] == region).any(), region
@@ -83,7 +92,7 @@ def test_categories_add_up_to_the_allocator_total(traced):
 
 def test_window_tables_roles_and_per_step_categories(traced):
     session, workload = traced["session"], traced["workload"]
-    tables = window_tables([traced["path"]], session.probes, traced["device"], 0)
+    tables = window_tables([traced["frames"]], session.probes, "cpu", 0, RULES)
     alloc = tables.allocations
     assert list(alloc.columns) == list(ALLOCATION_COLUMNS)
     assert set(alloc["role"]) <= set(TENSOR_ROLES)
@@ -112,7 +121,26 @@ def test_window_tables_roles_and_per_step_categories(traced):
 
 def test_phase_marks_cover_every_recorded_step(traced):
     marks = phase_marks(traced["frames"].annotations)
-    assert sorted(marks.itertuples(index=False, name=None), key=lambda m: m[2]) == sorted(
-        marks.itertuples(index=False, name=None), key=lambda m: m[2])
+    # in time order the markers run step by step, forward then backward then optimizer
+    in_time = [(int(s), p) for s, p, _ in sorted(marks.itertuples(index=False, name=None),
+                                                  key=lambda m: m[2])]
+    assert in_time == [(s, p) for s in ACTIVE for p in ("forward", "backward", "optimizer")]
     got = {(int(s), p) for s, p in zip(marks["step"], marks["phase"], strict=True)}
     assert got == {(s, p) for s in ACTIVE for p in ("forward", "backward", "optimizer")}
+
+
+def test_scanning_reads_the_same_frames_as_the_full_json_load(traced, tmp_path):
+    path = traced["path"]
+    full = parse_trace(read_trace(path))
+    raw = gzip.decompress(path.read_bytes())
+    assert scan_events(raw) is not None  # torch's layout: the fast path is taken
+    fast = read_frames(path)
+    for name in ("ops", "annotations", "memory"):
+        pd.testing.assert_frame_equal(getattr(fast, name), getattr(full, name), check_dtype=False)
+    assert (fast.ops["seq"] >= 0).sum() > 100  # autograd sequence numbers read
+    assert fast.metadata["distributedInfo"] == full.metadata["distributedInfo"]
+    # another layout (compact JSON): the scanner declines and the full load answers
+    compact = tmp_path / "compact.pt.trace.json"
+    compact.write_text(json.dumps(read_trace(path), separators=(",", ":")))
+    assert scan_events(compact.read_bytes()) is None
+    pd.testing.assert_frame_equal(read_frames(compact).memory, full.memory)

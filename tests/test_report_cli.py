@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_report_synthetic import write_run
 
+from profiler.rundir import RUN_JSON
+
+pytestmark = pytest.mark.slow  # subprocesses / servers: end-to-end
 
 def report(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -20,7 +22,7 @@ def report(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedPr
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, write_run):
     root = tmp_path_factory.mktemp("cli")
     return {
         "base": write_run(root / "base", steps=30, seed=1),
@@ -82,7 +84,7 @@ def test_status_warning_and_missing_file(runs, tmp_path):
     broken = report(runs["base"], runs["root"] / "broken", "--out", tmp_path / "r3")
     assert broken.returncode == 2
     assert broken.stderr.strip().endswith(
-        f"{runs['root'] / 'broken' / 'run.json'}: missing (is {runs['root'] / 'broken'} "
+        f"{runs['root'] / 'broken' / RUN_JSON}: missing (is {runs['root'] / 'broken'} "
         "a run directory?)")
 
 

@@ -20,8 +20,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-TINY = ("lattice_width=4", "lattice_height=4", "lattice_depth=4", "batch_size=2",
-        "carrier_hidden=512", "carrier_layers=2", "mapper_hidden=32", "max_flows=1000")
+# the tiny config with a carrier wide enough that time slices do not bias step parts
+pytestmark = pytest.mark.slow  # subprocesses / servers: end-to-end
+
+WIDER = ("--set", "carrier_hidden=512", "--set", "carrier_layers=2")
 STEPS = 40
 
 
@@ -31,12 +33,11 @@ def _pin_to(cpu: int | None):
     return lambda: os.sched_setaffinity(0, {cpu})
 
 
-def _profile(out: Path, name: str, *extra: str, steps: int = STEPS,
+def _profile(tiny_sets: list[str], out: Path, name: str, *extra: str, steps: int = STEPS,
              cpu: int | None = None) -> subprocess.Popen:
     args = [sys.executable, "-m", "profiler", "profile", "--preset", "debug", "--steps",
             str(steps), "--name", name, "--out", str(out), "--device", "cpu", "--mode", "full"]
-    for item in TINY:
-        args += ["--set", item]
+    args += [*tiny_sets, *WIDER]
     return subprocess.Popen([*args, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
                             preexec_fn=_pin_to(cpu))
@@ -48,13 +49,13 @@ def _wait(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
-def real_runs(tmp_path_factory):
+def real_runs(tmp_path_factory, tiny_sets):
     out = tmp_path_factory.mktemp("real_runs")
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else [None]
     first, second = cpus[0], cpus[-1]
-    runs = [_profile(out, "slowed", "--variant", "before", "--set", "carrier_hidden=1024",
+    runs = [_profile(tiny_sets, out, "slowed", "--variant", "before", "--set", "carrier_hidden=1024",
                      "--set", "carrier_layers=3", steps=12, cpu=second),
-            _profile(out, "same_a", cpu=first), _profile(out, "same_b", cpu=first)]
+            _profile(tiny_sets, out, "same_a", cpu=first), _profile(tiny_sets, out, "same_b", cpu=first)]
     for proc in runs:
         _wait(proc)
     return out

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.image import imread
-from test_report_synthetic import write_run
 
 from profiler.analyze.report import ReportConfig, build_report
 from profiler.parse.run import load_run
@@ -29,7 +28,7 @@ EVIL = '<script>alert("x")</script>&<b>'
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory):
+def rendered(tmp_path_factory, write_run):
     root = tmp_path_factory.mktemp("render")
     base = write_run(root / "base", steps=30, warmup=3, seed=1, nvml=True, pool=True)
     new = write_run(root / "new", name=EVIL, steps=30, warmup=3, seed=2, wall_ms=26.0,

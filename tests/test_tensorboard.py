@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -17,14 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from energy_flow.config import make_config
 from profiler.collect.nvml import NvmlConfig
-from profiler.collect.session import ProfileOptions, ProfileSession
+from profiler.collect.session import ProfileOptions
 from profiler.collect.tracing import TraceSchedule
 from profiler.collect.workload import make_energy_flow_workload
+from profiler.profiling import run_profile
 
-TINY = dict(lattice_width=4, lattice_height=4, lattice_depth=4, batch_size=2,
-            carrier_hidden=16, carrier_layers=1, mapper_hidden=32, max_flows=1000)
+pytestmark = pytest.mark.slow  # subprocesses / servers: end-to-end
+
 TENSORBOARD = Path(sys.executable).parent / "tensorboard"
 
 
@@ -58,14 +57,14 @@ def poll(fn, limit_s: float = 90.0):
 
 
 @pytest.fixture(scope="module")
-def logdir(tmp_path_factory):
+def logdir(tmp_path_factory, tiny_overrides, tiny_config):
     root = tmp_path_factory.mktemp("tb")
     options = ProfileOptions(
         run_dir=root / "tiny", name="tiny", preset="debug", variant="after", pool="off",
-        mode="full", steps=6, warmup=1, monitor_interval=3, overrides=TINY,
+        mode="full", steps=6, warmup=1, monitor_interval=3, overrides=tiny_overrides,
         nvml=NvmlConfig(), trace=TraceSchedule(wait=1, warmup=1, active=2))
-    meta = ProfileSession(options, make_config("debug", **TINY), torch.device("cpu"),
-                          make_energy_flow_workload, log=open(os.devnull, "w")).run()
+    meta = run_profile(options, tiny_config, torch.device("cpu"),
+                       make_energy_flow_workload, log=None)
     assert meta["status"] == "complete"
     return root
 

@@ -119,24 +119,29 @@ def category_stats(events: pd.DataFrame, category: str, view: str, steps: Iterab
     steps = sorted(set(steps))
     cats = list(dict.fromkeys(list(categories) + sorted(set(events[category]) - set(categories))))
     ev = events.sort_values("ts_us", kind="stable")
-    rows = []
-    for cat in cats:
-        e = ev[ev[category] == cat]
-        cum = e["bytes"].cumsum()
-        live = 0
-        for s in steps:
-            in_step = e["step"] == s
-            b = e["bytes"][in_step]
-            peak = max([live] + cum[in_step].tolist())
-            if in_step.any():
-                live = int(cum[in_step].iloc[-1])
-            rows.append({
-                "step": s, "view": view, "category": cat, "live_bytes": live,
-                "peak_bytes": int(peak), "alloc_count": int((b > 0).sum()),
-                "alloc_bytes": int(b[b > 0].sum()), "free_count": int((b < 0).sum()),
-                "free_bytes": int(-b[b < 0].sum()), "pool_hits": None, "pool_misses": None,
-            })
-    return pd.DataFrame(rows, columns=list(MEMORY_COLUMNS))
+    b = ev["bytes"].to_numpy(dtype=np.int64)
+    frame = pd.DataFrame({
+        "cat": ev[category].to_numpy(), "step": ev["step"].to_numpy(),
+        "cum": ev.groupby(category, sort=False)["bytes"].cumsum().to_numpy(),
+        "alloc_count": (b > 0).astype(np.int64), "alloc_bytes": np.where(b > 0, b, 0),
+        "free_count": (b < 0).astype(np.int64), "free_bytes": np.where(b < 0, -b, 0)})
+    per = frame.groupby(["cat", "step"], sort=False).agg(
+        last=("cum", "last"), high=("cum", "max"), alloc_count=("alloc_count", "sum"),
+        alloc_bytes=("alloc_bytes", "sum"), free_count=("free_count", "sum"),
+        free_bytes=("free_bytes", "sum"))
+    grid = pd.MultiIndex.from_product([cats, steps], names=["cat", "step"])
+    per = per.reindex(grid)
+    live = per["last"].groupby(level="cat", sort=False).ffill().fillna(0)
+    before = live.groupby(level="cat", sort=False).shift(1).fillna(0)
+    peak = np.maximum(before.to_numpy(), per["high"].fillna(-np.inf).to_numpy())
+    counts = per[["alloc_count", "alloc_bytes", "free_count", "free_bytes"]].fillna(0)
+    out = pd.DataFrame({
+        "step": grid.get_level_values("step"), "view": view,
+        "category": grid.get_level_values("cat"), "live_bytes": live.to_numpy(np.int64),
+        "peak_bytes": peak.astype(np.int64),
+        **{c: counts[c].to_numpy(np.int64) for c in counts.columns},
+        "pool_hits": None, "pool_misses": None})
+    return out[list(MEMORY_COLUMNS)]
 
 
 def pool_rows(step: int, pool_stats: Mapping[str, Mapping[str, int]]) -> list[dict[str, Any]]:

@@ -96,7 +96,8 @@ def step_samples(steps: pd.DataFrame) -> pd.DataFrame:
     untraced measured step exists, the steps torch.profiler traced too (they are slower).
 
     Adds ``other_ms`` (wall minus forward, backward and optimizer, ms),
-    ``samples_per_s`` and ``flow_steps_per_s`` (per second of wall time).
+    ``samples_per_s`` and, when the run reports ``flow_steps``, ``flow_steps_per_s``
+    (per second of wall time).
     """
     measured = steps["phase"] == "measured"
     if (measured & untraced(steps)).any():
@@ -107,7 +108,8 @@ def step_samples(steps: pd.DataFrame) -> pd.DataFrame:
     seconds = out["wall_ms"] / 1000.0
     with np.errstate(divide="ignore", invalid="ignore"):
         out["samples_per_s"] = (out["samples"] / seconds).where(seconds > 0)
-        out["flow_steps_per_s"] = (out["flow_steps"] / seconds).where(seconds > 0)
+        if "flow_steps" in out.columns:  # only workloads that report flows (energy_flow)
+            out["flow_steps_per_s"] = (out["flow_steps"] / seconds).where(seconds > 0)
     return out.reset_index(drop=True)
 
 
@@ -152,16 +154,21 @@ def category_specs(base_cols: list[str], new_cols: list[str],
 
 def compare_metrics(specs: list[MetricSpec] | tuple[MetricSpec, ...], base: pd.DataFrame,
                     new: pd.DataFrame, config: StatsConfig) -> pd.DataFrame:
-    """One row per spec (columns documented in the module docstring)."""
+    """One row per spec (columns documented in the module docstring); a spec whose column
+    neither table has (a metric only some workloads report) gives no row."""
     rows = []
     for spec in specs:
+        if spec.column not in base.columns and spec.column not in new.columns:
+            continue
         b = _column(base, spec.column)
         n = _column(new, spec.column)
         single = spec.statistic == "max"
         q = _QUANTILE[spec.statistic]
         if b is None or n is None or not np.isfinite(b).any() or not np.isfinite(n).any():
-            b_stat = float(np.nanmax(b)) if single and _any(b) else statistic(b, q)
-            n_stat = float(np.nanmax(n)) if single and _any(n) else statistic(n, q)
+            b_stat = float(np.nanmax(b)) if single and b is not None and _any(b) \
+                else statistic(b, q)
+            n_stat = float(np.nanmax(n)) if single and n is not None and _any(n) \
+                else statistic(n, q)
             rows.append(_row(spec, b_stat, n_stat, float("nan"), float("nan"), float("nan"),
                              float("nan"), "n/a", b, n))
             continue

@@ -1,4 +1,8 @@
-"""One profile run: drive a workload step by step, measure, and leave a complete run directory.
+"""One profile run: drive a workload step by step, measure, and write what was collected.
+
+Collection only: the raw files (steps.csv, nvml.csv, traces, a CUDA memory snapshot) and
+run.json with the status. The profile facade (``profiler.profiling``) then post-processes
+them (parse -> analyze -> render: window tables, summaries, TensorBoard scalars).
 
 Modes: ``bare`` (no instrumentation, no synchronization: the reference),
 ``light`` (device-synchronized phase times, allocator stats, RSS, NVML, scalars),
@@ -11,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -22,30 +25,20 @@ from typing import Any, TextIO
 import pandas as pd
 import torch
 
-from profiler.analyze.memory import memory_growth, pool_rows
 from profiler.collect.failure import failure_status
+from profiler.collect.modules import ModuleScopes
 from profiler.collect.nvml import NvmlConfig, NvmlSampler
 from profiler.collect.signals import StopRequested, StopSignals
 from profiler.collect.stats import CudaSnapshot, StepMemory, sync
-from profiler.collect.tracing import (
-    TraceSchedule,
-    TraceSession,
-    merge_operators,
-    window_tables,
-)
-from profiler.collect.workload import Workload
+from profiler.collect.tracing import TraceSchedule, TraceSession
+from profiler.collect.workload import Workload, role_tensors_of
 from profiler.collect.writer import RunWriter, device_info, git_revision, host, utc_now, versions
-from profiler.render.scalars import ScalarWriter
 from profiler.rundir import (
-    ALLOCATION_COLUMNS,
-    ALLOCATIONS_CSV,
+    COLLECTOR_STEPS_COLUMNS,
     CUDA_SNAPSHOT,
-    MEMORY_BY_CATEGORY_CSV,
-    MEMORY_COLUMNS,
     NVML_COLUMNS,
     NVML_CSV,
-    OPERATOR_COLUMNS,
-    OPERATORS_CSV,
+    OPTIONAL_STEPS_COLUMNS,
     STEPS_COLUMNS,
     STEPS_CSV,
 )
@@ -57,46 +50,77 @@ MODES = ("bare", "light", "full")
 # turns that cache off.
 ENVIRONMENT_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ONEDNN_PRIMITIVE_CACHE_CAPACITY",
                     "CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF", "CUBLAS_WORKSPACE_CONFIG")
-# Extensions of STEPS_COLUMNS: end_ts = step end, seconds since the epoch; traced = 1 when
-# torch.profiler was warming up or recording during the step (slower: kept out of the
-# step-time statistics in run.json timings).
-STEP_EXTRA_COLUMNS = ("end_ts", "traced")
+STEP_EXTRA_COLUMNS = COLLECTOR_STEPS_COLUMNS[:2]  # end_ts, traced (instrumented: overhead runs)
 CSV_FLUSH_S = 30.0  # least seconds between in-loop rewrites of steps.csv
 
 
 class StepLog:
     """Step rows kept as small tuples: a long run's bookkeeping stays out of the C heap
-    that ``allocated_bytes`` measures on CPU. Indexing and iteration give dicts."""
+    that ``allocated_bytes`` measures on CPU. Indexing and iteration give dicts.
 
-    COLUMNS = (*STEPS_COLUMNS, *STEP_EXTRA_COLUMNS, "instrumented")
+    Fields outside ``COLUMNS`` (a workload's own step columns) are kept too, in the order
+    they first appear; ``extra_columns`` lists them."""
+
+    COLUMNS = (*STEPS_COLUMNS, *OPTIONAL_STEPS_COLUMNS, *STEP_EXTRA_COLUMNS, "instrumented")
 
     def __init__(self) -> None:
         self._rows: list[tuple] = []
+        self._known = frozenset(self.COLUMNS)
+        self.extra_columns: list[str] = []
+        self._reported: set[str] = set()
 
     def append(self, row: dict[str, Any]) -> None:
-        self._rows.append(tuple(row.get(c) for c in self.COLUMNS))
+        for key, value in row.items():
+            if key not in self._known and key not in self.extra_columns:
+                self.extra_columns.append(key)
+            if value is not None and key not in self._reported:
+                self._reported.add(key)
+        base = tuple(row.get(c) for c in self.COLUMNS)
+        if self.extra_columns:
+            base += tuple(row.get(c) for c in self.extra_columns)
+        self._rows.append(base)
+
+    def reported(self, column: str) -> bool:
+        """True when some row holds a value for ``column``."""
+        return column in self._reported
+
+    @property
+    def _names(self) -> list[str]:
+        return [*self.COLUMNS, *self.extra_columns]
+
+    def _dict(self, r: tuple) -> dict[str, Any]:
+        return dict(zip(self._names, r + (None,) * (len(self._names) - len(r)), strict=True))
 
     def __len__(self) -> int:
         return len(self._rows)
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return [dict(zip(self.COLUMNS, r, strict=True)) for r in self._rows[index]]
-        return dict(zip(self.COLUMNS, self._rows[index], strict=True))
+            return [self._dict(r) for r in self._rows[index]]
+        return self._dict(self._rows[index])
 
     def __iter__(self):
-        return (dict(zip(self.COLUMNS, r, strict=True)) for r in self._rows)
+        return (self._dict(r) for r in self._rows)
 
-    def frame(self, columns: tuple[str, ...]) -> pd.DataFrame:
-        return pd.DataFrame.from_records(self._rows, columns=list(self.COLUMNS))[list(columns)]
+    def frame(self, columns: tuple[str, ...] | list[str]) -> pd.DataFrame:
+        names = self._names
+        rows = [r + (None,) * (len(names) - len(r)) for r in self._rows]
+        return pd.DataFrame.from_records(rows, columns=names)[list(columns)]
+
+    def csv_columns(self, with_instrumented: bool) -> list[str]:
+        """steps.csv columns: the contract's, the optional ones some row reported, the
+        collector's, then the workload's own."""
+        optional = [c for c in OPTIONAL_STEPS_COLUMNS if c in self._reported]
+        extra = ["instrumented"] if with_instrumented else []
+        return [*STEPS_COLUMNS, *optional, *STEP_EXTRA_COLUMNS, *extra, *self.extra_columns]
 
 
 @dataclass(frozen=True)
 class ProfileOptions:
     run_dir: Path
     name: str
-    preset: str
-    variant: str
+    preset: str | None  # None: not the energy_flow workload
+    variant: str | None
     pool: str
     mode: str
     steps: int
@@ -109,12 +133,14 @@ class ProfileOptions:
     measure_overhead: bool = False
     command: tuple[str, ...] = ()
     tolerance_bytes: int | None = None  # attribution check; None = 0 on CPU, 1 MiB on CUDA
+    workload: str = "energy_flow"  # what was profiled: energy_flow, module:factory, a script
+    module_depth: int | None = None  # per-module attribution depth; None = automatic
 
 
 class ProfileSession:
     def __init__(self, options: ProfileOptions, config: Any, device: torch.device,
-                 make_workload: Callable[[Any, torch.device, str], Workload],
-                 log: TextIO = sys.stderr) -> None:
+                 make_workload: Callable[[Any, torch.device, str], Workload] | None,
+                 log: TextIO | None = sys.stderr) -> None:
         self.o = options
         self.config = config
         self.device = device
@@ -122,89 +148,133 @@ class ProfileSession:
         self.log = log
         self.writer = RunWriter(options.run_dir)
         self.rows = StepLog()
-        self.pool_rows: list[dict[str, Any]] = []
+        self.pool_log: list[tuple[int, dict[str, dict[str, int]]]] = []  # (step, pool_stats())
         self.memory = StepMemory(device)
         self.nvml = NvmlSampler(options.nvml, device)
-        self.scalars = ScalarWriter(options.run_dir)
         self.snapshot = CudaSnapshot(device, path=str(options.run_dir / CUDA_SNAPSHOT))
         self.trace: TraceSession | None = None
-        self.workload: Workload | None = None
-        self._scalar_rows = 0
+        self.workload: Any = None  # a Workload: step() plus optional members
+        self.modules: ModuleScopes | None = None
         self._csv_written = time.monotonic()
-        self._window_rows: list[dict[str, Any]] = []
         self._stop = StopSignals()
 
-    # --- the run ---------------------------------------------------------------------------
+    # --- the run ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Drive ``make_workload``'s workload for ``options.steps`` steps; the run's metadata."""
+        self.begin()
+        t_start = time.perf_counter()
+        try:
+            with self._stop:
+                self._loop()
+        except BaseException as exc:
+            status, error, at_failure = self.failure(exc)
+            if status is None:
+                raise
+            return self.end(status, error, at_failure, time.perf_counter() - t_start)
+        return self.end("complete", None, None, time.perf_counter() - t_start)
+
+    def begin(self) -> None:
+        """Create the run directory and write run.json with status ``running``."""
         from energy_flow.runtime import resolve_device
 
         o = self.o
         resolve_device(self.device)  # ConfigError before anything is written
         self.writer.create(o.overwrite)
+        config = {"preset": o.preset, "overrides": o.overrides, "variant": o.variant,
+                  "pool": o.pool, "mode": o.mode, "workload": o.workload,
+                  "model": self.config.to_dict() if hasattr(self.config, "to_dict")
+                  else self.config}
+        seed = getattr(self.config, "seed", None)
         self.writer.update(
-            name=o.name, status="running", command=list(o.command), config={
-                "preset": o.preset, "overrides": o.overrides, "variant": o.variant,
-                "pool": o.pool, "mode": o.mode, "model": self.config.to_dict()},
-            seeds={"model": self.config.seed, "data": self.config.seed, "torch": self.config.seed},
+            name=o.name, status="running", command=list(o.command), config=config,
+            seeds={"model": seed, "data": seed, "torch": seed},
             versions=versions(), device={**device_info(self.device),
                                          "allocator_stats": self.memory.source}, host=host(),
             git_revision=git_revision(Path(__file__).resolve().parents[2]),
-            started_at=utc_now(), steps_requested=o.steps, steps_completed=0,
-            warmup_steps=min(o.warmup, o.steps), trace=None, attribution=None,
+            started_at=utc_now(), steps_requested=o.steps or None, steps_completed=0,
+            warmup_steps=min(o.warmup, o.steps) if o.steps else o.warmup, trace=None,
+            attribution=None,
             nvml={"available": False, "reason": "NVML unavailable: not sampled in bare mode",
                   "interval_s": o.nvml.interval_s},
             timings={}, memory_growth=None,
             environment={k: os.environ.get(k) for k in ENVIRONMENT_KEYS if k in os.environ})
         self.writer.write_run()
-        t_start = time.perf_counter()
-        status, error, at_failure = "complete", None, None
-        try:
-            with self._stop:
-                self._loop()
-        except (StopRequested, KeyboardInterrupt) as exc:
-            status = "interrupted"
-            error = {"type": type(exc).__name__, "message": str(exc) or "KeyboardInterrupt"}
-        except Exception as exc:  # CUDA, cuBLAS, cuDNN, driver and CPU OOMs give "oom"
-            status, error = failure_status(exc), {"type": type(exc).__name__,
-                                                  "message": str(exc)}
-            at_failure = self._failure_state()
-        return self._finish(status, error, at_failure, time.perf_counter() - t_start)
 
-    def _loop(self) -> None:
+    def failure(self, exc: BaseException) -> tuple[str | None, dict | None, dict | None]:
+        """(status, error, memory state) for an exception that ended the steps; status None
+        for one that is not the run's to record (SystemExit, GeneratorExit)."""
+        error = {"type": type(exc).__name__, "message": str(exc)}
+        if isinstance(exc, (StopRequested, KeyboardInterrupt)):
+            error["message"] = str(exc) or "KeyboardInterrupt"
+            return "interrupted", error, None
+        if isinstance(exc, Exception):  # CUDA, cuBLAS, cuDNN, driver and CPU OOMs give "oom"
+            return failure_status(exc), error, self._failure_state()
+        return None, None, None
+
+    def start_collectors(self, workload: Any) -> None:
+        """NVML sampler and (full mode) the trace session, for ``workload``; before step 0."""
         o = self.o
-        torch.manual_seed(self.config.seed)
-        t0 = time.perf_counter()
-        self.workload = self.make_workload(self.config, self.device, o.pool)
-        self.writer.meta["timings"]["setup_s"] = round(time.perf_counter() - t0, 3)
+        self.workload = workload
         if o.mode != "bare":
             status = self.nvml.start()
             self.writer.update(nvml=status.to_json(o.nvml.interval_s))
             self.writer.meta["versions"].update(driver=status.driver, nvml=status.nvml_version)
         if o.mode == "full":
             self.trace = TraceSession(o.run_dir, o.trace, self.device)
+            module = getattr(workload, "module", None)
+            if module is not None:
+                self.modules = ModuleScopes(module, o.module_depth)
         self.writer.update(trace={"schedule": o.trace.to_json(), "files": []}
                            if o.mode == "full" else None)
         self.writer.write_run()
+
+    def after_step(self, i: int) -> None:
+        """Bookkeeping after step ``i``'s row is recorded: trace schedule, pools, monitor."""
+        o = self.o
+        if self.trace is not None:
+            self.trace.step()
+            self._sync_module_scopes()
+        if o.mode != "bare" and o.pool != "off" and hasattr(self.workload, "pool_stats"):
+            self.pool_log.append((i, self.workload.pool_stats()))
+        if (i + 1) % o.monitor_interval == 0 or (o.steps and i + 1 == o.steps):
+            self._monitor(i)
+
+    def _sync_module_scopes(self) -> None:
+        """Module scopes are installed only while torch.profiler records (no cost otherwise)."""
+        if self.modules is not None and self.trace is not None:
+            self.modules.enable(self.trace.recording)
+
+    def _loop(self) -> None:
+        o = self.o
+        seed = getattr(self.config, "seed", None)
+        if seed is not None:
+            torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        if self.make_workload is None:
+            raise ValueError("run() needs make_workload; profiler.profile drives its own steps")
+        workload = self.make_workload(self.config, self.device, o.pool)
+        self.writer.meta["timings"]["setup_s"] = round(time.perf_counter() - t0, 3)
+        self.start_collectors(workload)
         with self.trace if self.trace is not None else contextlib.nullcontext():
-            for i in range(o.steps):
-                self._stop.check()
-                bare = o.mode == "bare" or (o.measure_overhead and (i % 2) == ((i // 2) % 2))
-                traced = self.trace is not None and self.trace.recording
-                if o.mode != "bare":  # memory history only in the trace window (or guard)
-                    self.snapshot.window(traced)
-                self.rows.append({**self._step(i, bare), "traced": int(traced)})
-                if self.trace is not None:
-                    self.trace.step()
-                if o.mode != "bare" and o.pool != "off":
-                    self.pool_rows.extend(pool_rows(i, self.workload.pool_stats()))
-                if (i + 1) % o.monitor_interval == 0 or i + 1 == o.steps:
-                    self._monitor(i)
+            self._sync_module_scopes()
+            try:
+                for i in range(o.steps):
+                    self._stop.check()
+                    bare = o.mode == "bare" or (o.measure_overhead and (i % 2) == ((i // 2) % 2))
+                    traced = self.trace is not None and self.trace.recording
+                    if o.mode != "bare":  # memory history only in the trace window (or guard)
+                        self.snapshot.window(traced)
+                    self.rows.append({**self._step(i, bare), "traced": int(traced)})
+                    self.after_step(i)
+            finally:
+                if self.modules is not None:
+                    self.modules.enable(False)
 
     def _step(self, i: int, bare: bool) -> dict[str, Any]:
         phase = "warmup" if i < self.o.warmup else "measured"
         if bare:
             t0 = time.perf_counter()
-            result = self.workload.step(i, None)
+            result = step_fields(self.workload.step(i, None))
             t1 = time.perf_counter()
             return {**result, "step": i, "phase": phase, "wall_ms": (t1 - t0) * 1e3,
                     "end_ts": time.time(), "instrumented": 0}
@@ -214,7 +284,7 @@ class ProfileSession:
             sync(self.device)
             marks[name] = time.perf_counter()
             if self.trace is not None and self.trace.recording:
-                self.trace.mark_phase(name, i, self.workload.role_tensors())
+                self.trace.mark_phase(name, i, role_tensors_of(self.workload))
             self._stop.check()
 
         self.memory.begin_step()
@@ -223,6 +293,7 @@ class ProfileSession:
         result = self.workload.step(i, on_phase)
         sync(self.device)
         t1 = time.perf_counter()
+        result = step_fields(result)
         f, b, p = (marks.get(k) for k in ("forward", "backward", "optimizer"))
         row = {**result, "step": i, "phase": phase, "wall_ms": (t1 - t0) * 1e3,
                "forward_ms": None if f is None else (f - t0) * 1e3,
@@ -239,23 +310,21 @@ class ProfileSession:
         mem = f" rss {rss / 2**20:.0f} MiB" if rss else ""
         if row.get("allocated_bytes") is not None:
             mem += f" allocated {row['allocated_bytes'] / 2**20:.1f} MiB"
-        print(f"step {i + 1}/{self.o.steps} wall {row['wall_ms']:.1f} ms "
-              f"loss {row['loss']:.5g}{mem}", file=self.log, flush=True)
-        # Every exit path rewrites steps.csv in full (_finish); in the loop, a rewrite (whose
-        # cost grows with the run) at most every CSV_FLUSH_S, so only a SIGKILL loses rows.
-        now = time.monotonic()
-        self._flush_steps(csv=now - self._csv_written >= CSV_FLUSH_S)
+        loss = "" if row.get("loss") is None else f" loss {float(row['loss']):.5g}"
+        total = f"/{self.o.steps}" if self.o.steps else ""
+        if self.log is not None:
+            print(f"step {i + 1}{total} wall {row['wall_ms']:.1f} ms{loss}{mem}",
+                  file=self.log, flush=True)
+        # Every exit path rewrites steps.csv in full (end); in the loop, a rewrite (whose
+        # cost grows with the run) at most every CSV_FLUSH_S, so only a SIGKILL loses rows
+        # and the loop pays it rarely.
+        if time.monotonic() - self._csv_written >= CSV_FLUSH_S:
+            self._flush_steps()
 
-    def _flush_steps(self, csv: bool = True) -> None:
-        if csv:
-            columns = STEPS_COLUMNS + STEP_EXTRA_COLUMNS
-            if self.o.measure_overhead:
-                columns = columns + ("instrumented",)
-            self.writer.write_csv(STEPS_CSV, self.rows.frame(columns), columns)
-            self._csv_written = time.monotonic()
-        if self.o.mode != "bare":
-            self.scalars.steps(self.rows[self._scalar_rows:])
-            self._scalar_rows = len(self.rows)
+    def _flush_steps(self) -> None:
+        columns = self.rows.csv_columns(self.o.measure_overhead)
+        self.writer.write_csv(STEPS_CSV, self.rows.frame(columns), columns)
+        self._csv_written = time.monotonic()
 
     def _failure_state(self) -> dict[str, Any] | None:
         try:
@@ -268,8 +337,10 @@ class ProfileSession:
             return {"error": f"{type(exc).__name__}: {exc}"}
 
     # --- finishing: always runs, writes whatever was collected -----------------------------
-    def _finish(self, status: str, error: dict | None, at_failure: dict | None,
-                elapsed_s: float) -> dict[str, Any]:
+    def end(self, status: str, error: dict | None, at_failure: dict | None,
+            elapsed_s: float) -> dict[str, Any]:
+        """Write everything collected so far and run.json with ``status`` (a valid run even
+        if post-processing never happens); the metadata."""
         problems: list[str] = []
 
         def attempt(what: str, fn: Callable[[], None]) -> None:
@@ -281,16 +352,14 @@ class ProfileSession:
         attempt("nvml", self._finish_nvml)
         attempt("steps", self._flush_steps)
         if self.trace is not None:
-            attempt("trace", self._finish_trace)
+            self.writer.meta["trace"]["files"] = list(self.trace.files)
         if self.o.mode == "full" and status == "complete" and not self.snapshot.dumped_with_stacks:
-            attempt("snapshot", lambda: self.snapshot.dump(str(self.o.run_dir / CUDA_SNAPSHOT)))
+            attempt("snapshot", lambda: None if self.snapshot.dump(
+                str(self.o.run_dir / CUDA_SNAPSHOT)) else None)
         attempt("snapshot-stop", self.snapshot.stop)
         if self.snapshot.active:
             self.writer.update(memory_history=self.snapshot.to_json())
-        if self._window_rows or self.pool_rows:
-            attempt("categories", self._finish_categories)
-        attempt("scalars", self.scalars.close)
-        self._summarize(elapsed_s)
+        self.writer.meta["timings"]["total_s"] = round(elapsed_s, 3)
         self.writer.update(status=status, error=error, ended_at=utc_now(),
                            steps_completed=len(self.rows))
         if at_failure is not None:
@@ -307,70 +376,28 @@ class ProfileSession:
         rows = self.nvml.rows()
         if rows:
             self.writer.write_csv(NVML_CSV, rows, NVML_COLUMNS)
-            self.scalars.nvml(rows)
 
-    def _finish_categories(self) -> None:
-        rows = self._window_rows + self.pool_rows
-        self.writer.write_csv(MEMORY_BY_CATEGORY_CSV, rows, MEMORY_COLUMNS)
-        self.scalars.categories(rows)
-
-    def _finish_trace(self) -> None:
-        tr = self.trace
-        paths = [self.o.run_dir / f for f in tr.files]
-        self.writer.meta["trace"]["files"] = list(tr.files)
-        t0 = time.perf_counter()
-        tolerance = self.o.tolerance_bytes
-        if tolerance is None:
-            tolerance = 0 if self.device.type == "cpu" else 1 << 20
-        tables = window_tables(paths, tr.probes, self.device, tolerance)
-        self.writer.write_csv(ALLOCATIONS_CSV, tables.allocations, ALLOCATION_COLUMNS)
-        self._window_rows = tables.memory_by_category.to_dict("records")
-        self.writer.write_csv(OPERATORS_CSV, merge_operators(tr.operators), OPERATOR_COLUMNS)
-        check = dict(tables.attribution)
-        check["view"] = "region"
-        self.writer.update(attribution=check)
-        self.writer.meta["timings"]["trace_postprocess_s"] = round(time.perf_counter() - t0, 3)
-
-    def _summarize(self, elapsed_s: float) -> None:
-        timings = self.writer.meta["timings"]
-        timings["total_s"] = round(elapsed_s, 3)
-        # With --measure-overhead every other step is bare: statistics use the instrumented ones.
-        measured = [r for r in self.rows if r["phase"] == "measured" and not r["traced"]
-                     and (r["instrumented"] or not self.o.measure_overhead)]
-        traced = [r["wall_ms"] for r in self.rows if r["phase"] == "measured" and r["traced"]]
-        if traced:
-            timings["traced_step_ms_median"] = statistics.median(traced)
-        if measured:
-            walls = [r["wall_ms"] for r in measured]
-            samples = sum(r.get("samples") or 0 for r in measured)
-            timings["step_ms_median"] = statistics.median(walls)
-            timings["step_ms_mean"] = statistics.fmean(walls)
-            timings["samples_per_s"] = samples * 1000.0 / sum(walls) if sum(walls) else None
-        if self.o.measure_overhead:
-            timings["overhead"] = paired_overhead(list(self.rows))
-        if len(self.rows):
-            steps = self.rows.frame((*STEPS_COLUMNS, "instrumented"))
-            if self.o.measure_overhead:
-                steps = steps[steps["instrumented"] == 1]
-            self.writer.update(memory_growth=memory_growth(steps))
+    def scope_declarations(self) -> dict[str, Any]:
+        """What the region view's categories are (``profiler.parse.trace.ScopeRules`` JSON):
+        the workload's declared regions (``regions`` / ``region_prefix``, energy_flow's), the
+        module scopes installed, and the module depth."""
+        w = self.workload
+        return {"region_prefix": getattr(w, "region_prefix", None),
+                "regions": list(getattr(w, "regions", ()) or ()),
+                "modules": list(self.modules.categories) if self.modules else [],
+                "module_depth": self.modules.depth if self.modules else None}
 
 
-def paired_overhead(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Light vs bare: median over step pairs (2k, 2k+1) of (light - bare) / bare, measured steps."""
-    by_step = {r["step"]: r for r in rows if r["phase"] == "measured"}
-    diffs, bare, light = [], [], []
-    for s, r in by_step.items():
-        if s % 2 or (s + 1) not in by_step:
-            continue
-        a, b = r, by_step[s + 1]
-        lo, hi = (a, b) if a["instrumented"] == 0 else (b, a)
-        if lo["instrumented"] != 0 or hi["instrumented"] != 1:
-            continue
-        bare.append(lo["wall_ms"])
-        light.append(hi["wall_ms"])
-        diffs.append((hi["wall_ms"] - lo["wall_ms"]) / lo["wall_ms"])
-    if not diffs:
-        return {"pairs": 0}
-    return {"pairs": len(diffs), "bare_ms_median": statistics.median(bare),
-            "light_ms_median": statistics.median(light),
-            "overhead_pct_paired_median": 100.0 * statistics.median(diffs)}
+def step_fields(result: Any) -> dict[str, Any]:
+    """A workload's step result as plain steps.csv values (one-element tensors read)."""
+    if result is None:
+        return {}
+    if not isinstance(result, dict):
+        raise TypeError(f"a workload's step() must return a dict of steps.csv fields, got "
+                        f"{type(result).__name__}")
+    out = {}
+    for key, value in result.items():
+        if isinstance(value, torch.Tensor):
+            value = value.detach().item() if value.numel() == 1 else None
+        out[key] = value
+    return out

@@ -1,4 +1,5 @@
-"""The torch.profiler session of a ``full`` run and the post-processing of its trace window.
+"""The torch.profiler session of a ``full`` run (collection only: the trace window is
+post-processed by ``profiler.analyze.window`` through the profile facade).
 
 The session writes gzip-compressed traces with ``tensorboard_trace_handler`` on
 a ``torch.profiler.schedule(wait, warmup, active, repeat)`` policy, with memory
@@ -16,26 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from torch.profiler import ProfilerAction, ProfilerActivity
 
-from profiler.analyze.memory import assign_roles, attribution_check, category_stats, owners
-from profiler.parse.trace import (
-    PHASE_MARK_PREFIX,
-    attribute_memory,
-    parse_trace,
-    phase_marks,
-    read_trace,
-)
-from profiler.rundir import (
-    ALLOCATION_COLUMNS,
-    MODEL_REGIONS,
-    OPERATOR_COLUMNS,
-    OTHER_REGION,
-    TENSOR_ROLES,
-    atomic_write_bytes,
-)
+from profiler.rundir import PHASE_MARK_PREFIX, atomic_write_bytes
 
 WORKER_NAME = "rank0"
 _RECORDING = (ProfilerAction.WARMUP, ProfilerAction.RECORD, ProfilerAction.RECORD_AND_SAVE)
@@ -76,7 +61,6 @@ class TraceSession:
     schedule: TraceSchedule
     device: torch.device
     files: list[str] = field(default_factory=list)
-    operators: list[pd.DataFrame] = field(default_factory=list)
     probes: dict[str, dict[int, str]] = field(default_factory=dict)
     _prof: Any = None
 
@@ -132,30 +116,6 @@ class TraceSession:
         new = sorted(p.name for p in self.run_dir.iterdir()
                      if p.name not in before and ".pt.trace.json" in p.name)
         self.files.extend(new)
-        self.operators.append(operator_table(prof.key_averages()))
-
-
-def operator_table(averages: Any) -> pd.DataFrame:
-    """operators.csv rows from ``prof.key_averages()`` (times in microseconds)."""
-    rows = []
-    for a in averages:
-        if a.key.startswith("ProfilerStep") or a.key.startswith(PHASE_MARK_PREFIX):
-            continue
-        rows.append({
-            "name": a.key, "count": int(a.count),
-            "self_us": float(a.self_cpu_time_total), "total_us": float(a.cpu_time_total),
-            "self_device_us": float(getattr(a, "self_device_time_total", 0.0)),
-            "total_device_us": float(getattr(a, "device_time_total", 0.0)),
-        })
-    return pd.DataFrame(rows, columns=list(OPERATOR_COLUMNS))
-
-
-def merge_operators(tables: list[pd.DataFrame]) -> pd.DataFrame:
-    """Sum over trace cycles, sorted by total CPU time, largest first."""
-    if not tables:
-        return pd.DataFrame(columns=list(OPERATOR_COLUMNS))
-    df = pd.concat(tables).groupby("name", as_index=False).sum()
-    return df.sort_values("total_us", ascending=False)[list(OPERATOR_COLUMNS)]
 
 
 # Kineto (torch >= 2.0) writes CUDA runtime / driver API calls with these categories;
@@ -198,48 +158,3 @@ def ensure_distributed_info(path: Path, trace: dict[str, Any]) -> bool:
     data = json.dumps(trace).encode("utf-8")
     atomic_write_bytes(path, gzip.compress(data, 6) if path.name.endswith(".gz") else data)
     return True
-
-
-@dataclass
-class WindowTables:
-    allocations: pd.DataFrame        # ALLOCATION_COLUMNS
-    memory_by_category: pd.DataFrame  # MEMORY_COLUMNS, views region and role
-    attribution: dict[str, Any]
-
-
-def window_tables(paths: list[Path], probes: dict[str, dict[int, str]], device: torch.device,
-                  tolerance_bytes: int) -> WindowTables:
-    """Allocations with region / role, per-step category stats and the sum check, from traces."""
-    events = []
-    for path in paths:
-        trace = read_trace(path)
-        ensure_distributed_info(path, trace)
-        frames = parse_trace(trace)
-        ev = attribute_memory(frames)
-        marks = phase_marks(frames.annotations)
-        probe_list = []
-        for _, mark in marks.iterrows():
-            name = f"{PHASE_MARK_PREFIX}{mark['phase']}#{mark['step']}"
-            if name in probes:
-                probe_list.append((float(mark["ts_us"]), probes[name]))
-        ev["role"] = assign_roles(ev, marks, probe_list) if len(ev) else []
-        events.append(ev)
-    ev = pd.concat(events, ignore_index=True) if events else pd.DataFrame(
-        columns=[*ALLOCATION_COLUMNS, "addr", "tid"])
-    main = "cpu" if device.type == "cpu" else f"cuda:{device.index or 0}"
-    if len(ev):
-        ev["owner_region"] = owners(ev, "region")
-        steps = sorted(ev["step"].unique())
-        on_device = ev[ev["device"] == main]  # host events of a CUDA run stay in allocations.csv
-        by_cat = pd.concat([
-            category_stats(on_device, "owner_region", "region", steps,
-                           [*MODEL_REGIONS, OTHER_REGION]),
-            category_stats(on_device, "role", "role", steps, TENSOR_ROLES),
-        ], ignore_index=True)
-    else:
-        by_cat = pd.DataFrame()
-    check = attribution_check(ev, "region", main, tolerance_bytes) if len(ev) else {
-        "device": main, "events": 0, "sum_categories_bytes": 0, "allocator_total_bytes": 0,
-        "tolerance_bytes": tolerance_bytes, "ok": True, "by_category": {}}
-    return WindowTables(ev[list(ALLOCATION_COLUMNS)] if len(ev) else pd.DataFrame(
-        columns=list(ALLOCATION_COLUMNS)), by_cat, check)

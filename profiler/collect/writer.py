@@ -15,7 +15,14 @@ from typing import Any
 import pandas as pd
 import torch
 
-from profiler.rundir import RUN_JSON, RUN_JSON_KEYS, SCHEMA_VERSION, atomic_write_text, write_json
+from profiler.rundir import (
+    OPTIONAL_RUN_JSON_KEYS,
+    RUN_JSON,
+    RUN_JSON_KEYS,
+    SCHEMA_VERSION,
+    atomic_write_text,
+    write_json,
+)
 
 
 def utc_now() -> str:
@@ -81,6 +88,12 @@ class RunWriter:
         self.run_dir.mkdir(parents=True, exist_ok=False)
 
     def update(self, **fields: Any) -> None:
+        """Set run.json keys; a key the contract (``profiler.rundir``) does not define is
+        refused with a ``KeyError`` naming it."""
+        unknown = sorted(set(fields) - set(RUN_JSON_KEYS) - set(OPTIONAL_RUN_JSON_KEYS))
+        if unknown:
+            raise KeyError(f"run.json key(s) {', '.join(unknown)} are not in the run-directory "
+                           f"contract (profiler.rundir.RUN_JSON_KEYS)")
         self.meta.update(fields)
 
     def write_run(self) -> None:

@@ -136,7 +136,8 @@ def run_micro(cfg: BenchConfig) -> list[dict[str, Any]]:
         for touch in (False, True):
             iters = cfg.micro_iters if not touch or shape[0] < 1000 else max(50, cfg.micro_iters // 20)
             for method, body in _micro_bodies(shape, touch).items():
-                row = {"shape": "x".join(map(str, shape)), "write": touch, "method": method}
+                row: dict[str, Any] = {"shape": "x".join(map(str, shape)), "write": touch,
+                                       "method": method}
                 row.update(_per_op_us(body, iters, cfg.micro_repeats))
                 rows.append(row)
     return rows
@@ -270,7 +271,7 @@ def _run_train(cfg: BenchConfig, preset: str) -> dict[str, Any]:
     for step in range(cfg.warmup + cfg.steps):
         shift = step % len(cfg.kinds)
         for kind in cfg.kinds[shift:] + cfg.kinds[:shift]:
-            ws = runner.trainers[kind].model.workspace
+            ws: Any = runner.trainers[kind].model.workspace
             ns = ws.ns
             result, ms = runner.step(kind, step)
             losses[kind].append(result.loss)
@@ -281,11 +282,11 @@ def _run_train(cfg: BenchConfig, preset: str) -> dict[str, Any]:
     step = cfg.warmup + cfg.steps
     for kind in cfg.kinds:
         ws = runner.trainers[kind].model.workspace
-        before = _totals(ws.pool_stats()) if ws.pool_stats() else None
+        before: Any = _totals(ws.pool_stats()) if ws.pool_stats() else None
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        _, mem = _profiled(device, lambda kind=kind: runner.step(kind, step))
-        after = _totals(ws.pool_stats()) if before is not None else None
+        _, mem = _profiled(device, lambda kind=kind: runner.step(kind, step))  # type: ignore[misc]
+        after: Any = _totals(ws.pool_stats()) if before is not None else None
         q = statistics.quantiles(times[kind], n=4) if len(times[kind]) > 1 else [times[kind][0]] * 3
         ratios = [t / o for t, o in zip(times[kind], times[cfg.kinds[0]], strict=True)]
         row = {
@@ -345,8 +346,10 @@ def run_lattice(cfg: BenchConfig) -> list[dict[str, Any]]:
             mid = (lo + hi) // 2 // cfg.lattice_step * cfg.lattice_step
             probes[mid] = _lattice_peak(cfg, kind, mid)
             lo, hi = (mid, hi) if probes[mid] <= budget else (lo, mid)
-        rows.append({"kind": kind, "largest_width": lo, "peak_bytes_at_largest": probes[lo],
-                     "probes": dict(sorted(probes.items()))})
+        found: dict[str, Any] = {"kind": kind, "largest_width": lo,
+                                 "peak_bytes_at_largest": probes[lo],
+                                 "probes": dict(sorted(probes.items()))}
+        rows.append(found)
     return rows
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import threading
+import typing
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,6 +90,8 @@ class Buffer:
 
 class _HandoutRef(weakref.ref):
     __slots__ = ("buffer", "hid")
+    buffer: Buffer  # set to None once handed back (the ref is then dead to the cache)
+    hid: int
 
 
 # store(buffer, free_list, counters) -> True to keep the buffer idle, False to drop it
@@ -170,7 +173,7 @@ class TensorCache:
             if ref is not None and ref() is tensor:
                 del self._out[id(tensor)]
                 buf = ref.buffer
-                ref.buffer = None
+                ref.buffer = None  # type: ignore[assignment]
                 c = self.counters[buf.key[0]]
                 c.releases += 1
                 c.live_bytes -= buf.nbytes
@@ -231,7 +234,7 @@ class TensorCache:
         if buf is None or self._out.get(ref.hid) is not ref:
             return
         del self._out[ref.hid]
-        ref.buffer = None
+        ref.buffer = None  # type: ignore[assignment]
         c = self.counters[buf.key[0]]
         c.reclaimed += 1
         c.live_bytes -= buf.nbytes
@@ -261,7 +264,7 @@ class TensorCache:
         return freed
 
     def evict_bytes(self, need: int, predicate: Callable[[Buffer], bool],
-                    order: Callable[[Buffer], object], counter: str = "dropped") -> int:
+                    order: Callable[[Buffer], typing.Any], counter: str = "dropped") -> int:
         """Let idle buffers matching ``predicate`` go, in ``order``, until ``need`` bytes are freed."""
         with self.lock:
             candidates = sorted((b for free in self.free.values() for b in free if predicate(b)),

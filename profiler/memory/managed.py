@@ -164,14 +164,14 @@ def managed_memory(func: Callable | None = None, *, pool: Any = None, **options:
                 escaped = 0
                 for t in taken:
                     escaped += _escaped(t)
-                t = None
+                t = None  # type: ignore[assignment]  # drop the loop's last reference
                 if escaped:
                     target._count_escaped(escaped, **options)
                 for t in taken:
                     target._scoped_release(t)
                 del taken
 
-        wrapper.pool = target
+        wrapper.pool = target  # type: ignore[attr-defined]
         return wrapper
 
     if func is not None:

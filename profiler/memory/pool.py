@@ -140,7 +140,7 @@ class SimpleMemoryPool:
         return self._cache.evict(lambda buf: True)
 
     def _within_max_bytes(self, buf: Buffer, free: list, c: CategoryCounters) -> bool:
-        return c.held_bytes + buf.nbytes <= self.max_bytes
+        return self.max_bytes is None or c.held_bytes + buf.nbytes <= self.max_bytes
 
     # used by MemoryContext and managed_memory
     def _scoped_acquire(self, shape: Any, dtype: torch.dtype, device: Any, zero: bool,

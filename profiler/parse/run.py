@@ -62,8 +62,10 @@ def load_run(path: Path | str, progress: Progress | None = None) -> Run:
     if not path.is_dir():
         raise RunDirError(f"{path} is not a directory")
     say = progress or (lambda _msg: None)
-    meta = _read_meta(path / rundir.RUN_JSON)
-    steps = _read_table(path / rundir.STEPS_CSV, rundir.STEPS_COLUMNS, say, required=True)
+    meta = _read_meta(rundir.run_json_path(path))
+    steps = _read_table(path / rundir.STEPS_CSV, rundir.STEPS_COLUMNS, say, required=True,
+                        optional=rundir.OPTIONAL_STEPS_COLUMNS)
+    assert steps is not None  # required=True raised otherwise
     _check_steps(path / rundir.STEPS_CSV, steps)
     memory = _read_table(path / rundir.MEMORY_BY_CATEGORY_CSV, rundir.MEMORY_COLUMNS, say)
     nvml = _read_table(path / rundir.NVML_CSV, rundir.NVML_COLUMNS, say)
@@ -109,7 +111,7 @@ def _read_meta(file: Path) -> dict[str, Any]:
 
 
 def _read_table(file: Path, columns: tuple[str, ...], say: Progress,
-                required: bool = False) -> pd.DataFrame | None:
+                required: bool = False, optional: tuple[str, ...] = ()) -> pd.DataFrame | None:
     if not file.is_file():
         if required:
             raise RunDirError(f"{file}: missing")
@@ -127,7 +129,7 @@ def _read_table(file: Path, columns: tuple[str, ...], say: Progress,
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise RunDirError(f"{file}: missing column(s) {', '.join(missing)}")
-    for column in columns:
+    for column in (*columns, *(c for c in optional if c in table.columns)):
         if column in _TEXT_COLUMNS:
             continue
         values = table[column]

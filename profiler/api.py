@@ -1,0 +1,259 @@
+"""``profiler.profile(...)``: profile your own training loop into a run directory.
+
+    import profiler
+    with profiler.profile("runs/mine", mode="full", model=model) as prof:
+        for x, y in loader:
+            with prof.phase("forward"):
+                loss = loss_fn(model(x), y)
+            with prof.phase("backward"):
+                loss.backward()
+            with prof.phase("optimizer"):
+                opt.step(); opt.zero_grad()
+            prof.step(loss=loss, samples=len(x))
+
+The run directory is the one ``python -m profiler profile`` writes (run.json,
+steps.csv, memory_by_category.csv, allocations.csv, operators.csv, traces, TensorBoard
+scalars), so ``make report``, ``--fail-on-regression`` and TensorBoard read it unchanged.
+Phases are optional (a step without them has only ``wall_ms``); ``forward``, ``backward``
+and ``optimizer`` fill steps.csv's ``*_ms`` columns, any other phase a ``<name>_ms``
+column. Keyword fields of ``step()`` become steps.csv columns (tensors are read with
+``.item()``). An exception inside the ``with`` block leaves status ``failed`` (``oom``
+for out-of-memory) and propagates. Ctrl-C or SIGTERM stops the loop at the next phase or
+step end, leaves ``interrupted`` and then raises ``KeyboardInterrupt`` (SIGINT) or
+``SystemExit(143)`` (SIGTERM) out of the block; a second Ctrl-C interrupts at once.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from profiler.collect.nvml import NvmlConfig
+from profiler.collect.session import MODES, ProfileOptions, ProfileSession
+from profiler.collect.signals import StopRequested
+from profiler.collect.stats import sync
+from profiler.collect.tracing import TraceSchedule
+from profiler.rundir import PHASE_SCOPE_PREFIX
+
+STANDARD_PHASES = ("forward", "backward", "optimizer")
+DEFAULT_TRACE = TraceSchedule(wait=2, warmup=1, active=3, repeat=1)
+
+
+class _UserLoop:
+    """The workload seen by the session: the user's loop, which drives itself."""
+
+    def __init__(self, model: torch.nn.Module | None, device: torch.device,
+                 optimizer: Any | None) -> None:
+        self.module = model
+        self.device = device
+        self.optimizer = optimizer
+
+    def role_tensors(self) -> dict[str, list[torch.Tensor]]:
+        if self.module is None:
+            return {}
+        params: list[torch.Tensor] = list(self.module.parameters())
+        roles: dict[str, list[torch.Tensor]] = {
+            "parameter": params, "gradient": [p.grad for p in params if p.grad is not None]}
+        if self.optimizer is not None:
+            roles["optimizer_state"] = [v for st in self.optimizer.state.values()
+                                        for v in st.values() if isinstance(v, torch.Tensor)]
+        return roles
+
+    def pool_stats(self) -> dict[str, dict[str, int]]:
+        return {}
+
+
+def _device_of(model: torch.nn.Module | None, device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if model is not None:
+        for p in model.parameters():
+            return p.device
+    return torch.device("cpu")
+
+
+def _value(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.detach().item() if v.numel() == 1 else None
+    return v
+
+
+class Profile:
+    """The object ``profile(...)`` returns; use it as a context manager."""
+
+    def __init__(self, run_dir: str | Path, mode: str = "full", model: torch.nn.Module | None = None,
+                 *, optimizer: Any | None = None, name: str | None = None, warmup: int = 3,
+                 trace: TraceSchedule | None = None, module_depth: int | None = None,
+                 device: str | torch.device | None = None, overwrite: bool = False,
+                 monitor_interval: int = 10, log: TextIO | None = sys.stderr,
+                 config: dict[str, Any] | None = None, tolerance_bytes: int | None = None,
+                 nvml: NvmlConfig | None = None, workload: str = "user loop") -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+        if warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {warmup}")
+        if monitor_interval <= 0:
+            raise ValueError(f"monitor_interval must be > 0, got {monitor_interval}")
+        if model is not None and not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        run_dir = Path(run_dir)
+        if run_dir.exists() and not overwrite:
+            raise FileExistsError(f"run directory {run_dir} already exists "
+                                  f"(overwrite=True replaces it)")
+        self.device = _device_of(model, device)
+        self.options = ProfileOptions(
+            run_dir=run_dir, name=name or run_dir.name, preset=None, variant=None, pool="off",
+            mode=mode, steps=0, warmup=warmup, monitor_interval=monitor_interval,
+            overrides={}, nvml=nvml or NvmlConfig(), trace=trace or DEFAULT_TRACE,
+            overwrite=overwrite, command=tuple(sys.argv), tolerance_bytes=tolerance_bytes,
+            workload=workload, module_depth=module_depth)
+        self.session = ProfileSession(self.options, config or {}, self.device, None, log=log)
+        self._loop = _UserLoop(model, self.device, optimizer)
+        self._bare = mode == "bare"
+        self._index = 0
+        self._t0 = 0.0
+        self._t_start = 0.0
+        self._phases: dict[str, float] = {}
+        self.status: str | None = None
+        self.meta: dict[str, Any] | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.options.run_dir
+
+    # --- context manager --------------------------------------------------------------------
+    def __enter__(self) -> Profile:
+        s = self.session
+        s.begin()
+        self._t_start = time.perf_counter()
+        try:
+            s.start_collectors(self._loop)
+            if s.trace is not None:
+                s.trace.__enter__()
+                s._sync_module_scopes()
+            s._stop.__enter__()
+        except BaseException as exc:
+            self._close(exc)
+            raise
+        self._begin_step()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self._close(exc)
+        if isinstance(exc, StopRequested):
+            if exc.signame == "SIGTERM":
+                raise SystemExit(143) from None
+            raise KeyboardInterrupt(str(exc)) from None
+
+    def _close(self, exc: BaseException | None) -> None:
+        s = self.session
+        status: str = "complete"
+        error: dict | None = None
+        at_failure: dict | None = None
+        if exc is not None:
+            found, error, at_failure = s.failure(exc)
+            status = found or "failed"
+            if found is None:
+                error = {"type": type(exc).__name__, "message": str(exc)}
+        s._stop.__exit__(None, None, None)
+        if s.modules is not None:
+            s.modules.enable(False)
+        if s.trace is not None and s.trace._prof is not None:
+            try:
+                s.trace.__exit__(None, None, None)
+            except Exception as trace_exc:  # the trace of a failed run may be unwritable
+                s.writer.meta.setdefault("finalize_errors", []).append(
+                    f"trace: {type(trace_exc).__name__}: {trace_exc}")
+        s.o = _with_steps(s.o, len(s.rows))
+        s.end(status, error, at_failure, time.perf_counter() - self._t_start)
+        from profiler.profiling import postprocess
+
+        self.meta = postprocess(s)
+        self.status = status
+
+    # --- the loop ---------------------------------------------------------------------------
+    def _begin_step(self) -> None:
+        self._phases = {}
+        s = self.session
+        if not self._bare:
+            s.snapshot.window(s.trace is not None and s.trace.recording)  # CUDA history
+            s.memory.begin_step()
+            sync(self.device)
+        self._t0 = time.perf_counter()
+
+    @contextmanager
+    def phase(self, name: str):
+        """Time one phase of the current step (device-synchronized at its end except in
+        bare mode); inside the trace window it is also a scope of the region view."""
+        if not name or "#" in name:
+            raise ValueError(f"phase name must be non-empty without '#', got {name!r}")
+        s = self.session
+        recording = s.trace is not None and s.trace.recording
+        scope = None
+        if recording:
+            scope = torch.profiler.record_function(PHASE_SCOPE_PREFIX + name)
+            scope.__enter__()
+        start = time.perf_counter()
+        try:
+            yield self
+        finally:
+            if scope is not None:
+                scope.__exit__(None, None, None)
+        if not self._bare:
+            sync(self.device)
+        end = time.perf_counter()
+        self._phases[name] = self._phases.get(name, 0.0) + (end - start)
+        if recording and s.trace is not None:
+            s.trace.mark_phase(name, self._index, self._loop.role_tensors())
+        s._stop.check()
+
+    def step(self, **fields: Any) -> None:
+        """End the current step: record its row (``fields`` become steps.csv columns)."""
+        s = self.session
+        if not self._bare:
+            sync(self.device)
+        t1 = time.perf_counter()
+        i = self._index
+        row: dict[str, Any] = {k: _value(v) for k, v in fields.items()}
+        for name, seconds in self._phases.items():
+            row[f"{name}_ms"] = seconds * 1e3
+        row.update(step=i, phase="warmup" if i < self.options.warmup else "measured",
+                   wall_ms=(t1 - self._t0) * 1e3, end_ts=time.time(),
+                   instrumented=0 if self._bare else 1,
+                   traced=int(s.trace is not None and s.trace.recording))
+        if not self._bare:
+            row.update(s.memory.read())
+            s.snapshot.guard(i, row["peak_bytes"], row["reserved_bytes"])
+        s.rows.append(row)
+        s.after_step(i)
+        self._index += 1
+        s._stop.check()
+        self._begin_step()
+
+
+def _with_steps(options: ProfileOptions, steps: int) -> ProfileOptions:
+    from dataclasses import replace
+
+    return replace(options, steps=steps)
+
+
+def profile(run_dir: str | Path, mode: str = "full", model: torch.nn.Module | None = None,
+            **options: Any) -> Profile:
+    """Profile a training loop into ``run_dir`` (see the module docstring).
+
+    mode: ``bare`` (wall time only), ``light`` (phase times, allocator and RSS per step,
+    NVML, TensorBoard scalars), ``full`` (light + a torch.profiler window: steps
+    ``trace.wait + trace.warmup`` to ``+ trace.active``, with per-category memory).
+    model: the ``nn.Module`` trained; gives per-module attribution (``module_depth``:
+    qualified-name depth, None = automatic) and the tensor roles.
+    Other options: ``optimizer`` (optimizer-state role), ``name``, ``warmup`` (steps kept out
+    of statistics, default 3), ``trace`` (``TraceSchedule``), ``device``, ``overwrite``,
+    ``monitor_interval`` (progress line and flush every N steps), ``log`` (None: silent),
+    ``config`` (your settings, recorded in run.json).
+    """
+    return Profile(run_dir, mode, model, **options)
