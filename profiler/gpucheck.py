@@ -299,7 +299,7 @@ def check_oom_light(tmp: Path) -> dict[str, Any]:
 def check_light_vs_full(tmp: Path) -> dict[str, Any]:
     from profiler.collect.tracing import TraceSchedule
 
-    medians = {}
+    medians: dict[str, list[float]] = {}
     for mode in ("light", "full", "light", "full"):  # alternate: drift cancels
         meta = run_session(tmp / f"timing_{mode}", mode, 40, overrides={},
                            trace=TraceSchedule(wait=5, warmup=1, active=3))

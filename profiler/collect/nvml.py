@@ -93,8 +93,8 @@ class NvmlStatus:
     rows: int = 0
 
     def to_json(self, interval_s: float) -> dict[str, Any]:
-        out = {"available": self.available, "reason": self.reason, "interval_s": interval_s,
-               "gpus": self.gpus}
+        out: dict[str, Any] = {"available": self.available, "reason": self.reason,
+                               "interval_s": interval_s, "gpus": self.gpus}
         if self.available:
             out.update(identity=self.identity, metrics=self.metrics, rows=self.rows)
         return out
@@ -239,8 +239,10 @@ class NvmlDevice:
         index = self.device.index if self.device.index is not None else torch.cuda.current_device()
         props = torch.cuda.get_device_properties(index)
         pci = None
-        if getattr(props, "pci_bus_id", None) is not None:
-            pci = f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
+        bus = getattr(props, "pci_bus_id", None)
+        if bus is not None:
+            domain, dev = getattr(props, "pci_domain_id", 0), getattr(props, "pci_device_id", 0)
+            pci = f"{domain:08x}:{bus:02x}:{dev:02x}.0"
         return _cuda_uuid(index), pci
 
     def _find(self, nvml, uuid: str | None, pci: str | None) -> tuple[Any, int, dict[str, Any]]:
@@ -388,6 +390,7 @@ class NvmlSampler:
             self.status = NvmlStatus(False, f"NVML unavailable: {_why(exc)[len('unavailable: '):]}")
             return self.status
         self.owner = owner
+        assert owner.index is not None  # open() found the device
         self.status = NvmlStatus(True, None, owner.driver, owner.version, [owner.index],
                                  owner.identity)
         self._thread = threading.Thread(target=self._loop, name="nvml-sampler", daemon=True)
@@ -399,6 +402,7 @@ class NvmlSampler:
 
     def sample_once(self, with_processes: bool) -> None:
         owner = self.owner
+        assert owner is not None, "sample_once() before start() opened NVML"
         try:
             torch_mem = self._torch_mem_fn()
         except Exception as exc:
@@ -409,6 +413,7 @@ class NvmlSampler:
                                   None if torch_mem is None else torch_mem[1])
         if problem is not None:
             owner.problems.setdefault("process_bytes", problem)
+        assert owner.index is not None
         row = reading_row(self.clock(), owner.index, raw, self._pid, torch_mem)
         with self._lock:
             self._rows.append(row)
@@ -423,7 +428,8 @@ class NvmlSampler:
             try:
                 self.sample_once(with_processes)
             except Exception as exc:  # never a dead thread: the reason goes to run.json
-                self.owner.problems.setdefault("sampler", _why(exc))
+                if self.owner is not None:
+                    self.owner.problems.setdefault("sampler", _why(exc))
             self._stop.wait(self.config.interval_s)
 
     def rows(self) -> list[dict[str, Any]]:
