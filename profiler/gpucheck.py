@@ -101,9 +101,10 @@ def run_session(run_dir: Path, mode: str, steps: int, factory: Callable | None =
     """One profile run on CUDA (``run.json`` contents returned)."""
     from energy_flow.config import make_config
     from profiler.collect.nvml import NvmlConfig
-    from profiler.collect.session import ProfileOptions, ProfileSession
+    from profiler.collect.session import ProfileOptions
     from profiler.collect.tracing import TraceSchedule
     from profiler.collect.workload import make_energy_flow_workload
+    from profiler.profiling import run_profile
 
     overrides = dict(TINY if overrides is None else overrides)
     options = ProfileOptions(
@@ -112,11 +113,9 @@ def run_session(run_dir: Path, mode: str, steps: int, factory: Callable | None =
         overrides=overrides, nvml=NvmlConfig(interval_s=0.5, process_interval_s=0.5),
         trace=trace or TraceSchedule(wait=1, warmup=1, active=2),
         tolerance_bytes=tolerance_bytes, overwrite=True)
-    session = ProfileSession(options, make_config(preset, **overrides),
-                             device or torch.device("cuda:0"),
-                             factory or make_energy_flow_workload, log=io.StringIO())
-    meta = session.run()
-    del session
+    meta = run_profile(options, make_config(preset, **overrides),
+                       device or torch.device("cuda:0"), factory or make_energy_flow_workload,
+                       log=io.StringIO())
     return meta
 
 

@@ -21,6 +21,7 @@ from profiler.gpucheck import (
     run_session,
     snapshot_has_stacks,
 )
+from profiler.rundir import RUN_JSON
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -130,17 +131,16 @@ def test_a_large_n_training_step(make_tiny):
     assert not result.skipped and result.loss > 0
 
 
-def test_cuda_malloc_async_runs_full_mode_without_history(tmp_path):
+def test_cuda_malloc_async_runs_full_mode_without_history(tmp_path, tiny_sets):
     env = {**os.environ, "PYTORCH_CUDA_ALLOC_CONF": "backend:cudaMallocAsync",
            "OMP_NUM_THREADS": "2"}
-    sets = [a for s in ("lattice_width=4", "lattice_height=4", "batch_size=2",
-                        "carrier_hidden=16", "max_flows=1000") for a in ("--set", s)]
+    sets = tiny_sets
     proc = subprocess.run([sys.executable, "-m", "profiler", "profile", "--device", "cuda",
                            "--mode", "full", "--steps", "6", "--name", "async", "--out",
                            str(tmp_path), *sets], env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr
-    meta = json.loads((tmp_path / "async" / "run.json").read_text())
+    meta = json.loads((tmp_path / "async" / RUN_JSON).read_text())
     assert meta["status"] == "complete"
     assert meta["environment"]["PYTORCH_CUDA_ALLOC_CONF"] == "backend:cudaMallocAsync"
     assert "cudaMallocAsync" in meta["memory_history"]["unavailable"]

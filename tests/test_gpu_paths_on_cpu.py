@@ -45,9 +45,8 @@ def test_devices_that_do_not_exist_are_one_clear_error(name, count, message):
     assert str(info.value).startswith(message)
 
 
-def test_a_session_on_a_missing_device_writes_nothing(tmp_path):
-    tiny = dict(lattice_width=4, lattice_height=4, lattice_depth=4, batch_size=2,
-                carrier_hidden=16, carrier_layers=1, mapper_hidden=32, max_flows=1000)
+def test_a_session_on_a_missing_device_writes_nothing(tmp_path, tiny_overrides):
+    tiny = tiny_overrides
     options = ProfileOptions(
         run_dir=tmp_path / "r", name="r", preset="debug", variant="after", pool="off",
         mode="light", steps=2, warmup=0, monitor_interval=1, overrides=tiny,
