@@ -362,23 +362,27 @@ def operator_table(frames: TraceFrames) -> pd.DataFrame:
     if kernels is not None and len(kernels) and "ext" in ops.columns:
         per_ext = kernels.groupby("ext")["dur_us"].sum()
         device[: len(ops)] = ops["ext"].map(per_ext).fillna(0.0).to_numpy()
-    child = np.zeros(len(spans))
-    total_device = device.copy()
-    for _, group in spans.groupby("tid", sort=False):
-        order = group.sort_values(["ts_us", "dur_us"], ascending=[True, False]).index.to_numpy()
-        starts, ends = spans["ts_us"].to_numpy(), spans["end_us"].to_numpy()
-        durs = spans["dur_us"].to_numpy()
+    child = [0.0] * len(spans)
+    total_device = device.tolist()
+    own_device = device.tolist()
+    starts, ends = spans["ts_us"].tolist(), spans["end_us"].tolist()
+    durs = spans["dur_us"].tolist()
+    tids = spans["tid"].to_numpy()
+    order_all = np.lexsort((-spans["dur_us"].to_numpy(), spans["ts_us"].to_numpy()))
+    for tid in pd.unique(tids):
         stack: list[int] = []
-        for i in order.tolist():
-            while stack and ends[stack[-1]] <= starts[i]:
+        for i in order_all[tids[order_all] == tid].tolist():
+            start = starts[i]
+            while stack and ends[stack[-1]] <= start:
                 stack.pop()
             if stack:
                 child[stack[-1]] += durs[i]
-                if device[i]:
+                if own_device[i]:
                     for j in stack:
-                        total_device[j] += device[i]
+                        total_device[j] += own_device[i]
             stack.append(i)
-    table = pd.DataFrame({"name": spans["name"], "count": 1, "self_us": spans["dur_us"] - child,
+    table = pd.DataFrame({"name": spans["name"], "count": 1,
+                          "self_us": spans["dur_us"] - np.asarray(child),
                           "total_us": spans["dur_us"], "self_device_us": device,
                           "total_device_us": total_device})
     if table.empty:
