@@ -14,8 +14,9 @@ from profiler.collect.nvml import NvmlConfig
 from profiler.collect.session import ProfileOptions, ProfileSession
 from profiler.collect.tracing import TraceSchedule
 from profiler.collect.workload import EnergyFlowWorkload, make_energy_flow_workload
+from profiler.collect.writer import RunWriter
 from profiler.profiling import postprocess
-from profiler.rundir import RUN_JSON
+from profiler.rundir import RUN_JSON, RUN_JSON_KEYS
 
 CPU = torch.device("cpu")
 
@@ -147,3 +148,12 @@ def test_full_run_on_cuda(tmp_path, session):
         assert (nvml["used_bytes"] >= reserved).all()
         assert ((nvml["non_torch_bytes"] > 0) & (nvml["non_torch_bytes"] < 4 * 2**30)).all()
         assert meta["nvml"]["metrics"]["used_bytes"] == "sampled"
+
+
+def test_the_writer_refuses_run_json_keys_outside_the_contract(tmp_path):
+    writer = RunWriter(tmp_path / "w")
+    writer.update(status="running", memory_history={"recorded": False})  # contract keys
+    with pytest.raises(KeyError, match="throughput_guess"):
+        writer.update(throughput_guess=3)
+    assert "throughput_guess" not in writer.meta
+    assert set(writer.meta) == set(RUN_JSON_KEYS) | {"memory_history"}
