@@ -74,6 +74,13 @@ def spawn_counts(length: Tensor, keep: Tensor, threshold: float, max_spawn: int,
     return torch.minimum(want, (room - before).clamp_min(0))
 
 
+def spawn_room(max_flows: int, kept: Tensor, budget_left: int) -> Tensor:
+    """The most children one step may add (0-d int64, on the device of ``kept``, no host
+    sync): the capacity left after the ``kept`` (0-d) flows, and what is left of the spawn
+    budget."""
+    return (max_flows - kept).clamp(min=0, max=max(0, budget_left))
+
+
 def collect_weight(energy: Tensor, distance: Tensor, age: Tensor) -> Tensor:
     """w = |e| / (1 + distance to the plane) * (1 + 0.1 * steps)."""
     return energy.abs() / (1.0 + distance) * (1.0 + 0.1 * age.to(energy.dtype))
@@ -159,9 +166,11 @@ class FlowProcessor:
             if cfg.cleanup_interval and (step + 1) % cfg.cleanup_interval == 0:
                 cleanup_memory_safe(nxt.device, cfg.cleanup_threshold_bytes)
                 run.cleanups += 1
+            # Patience counts steps without new completions once flows have begun to complete:
+            # before the first one arrives there is no completion rate to converge.
             if run.completed > best_completed:
                 best_completed, stale = run.completed, 0
-            else:
+            elif run.completed:
                 stale += 1
             if step + 1 >= cfg.convergence_min_steps and (
                 run.completed >= cfg.convergence_threshold * run.created
@@ -218,9 +227,8 @@ class FlowProcessor:
         keep = ~completed
         if cfg.movement_spawning and cfg.max_spawn_per_step > 0:
             length = (nxt.detach() - state.positions.detach()).norm(dim=1)
-            room = (cfg.max_flows - keep.sum()).clamp(max=max(0, budget_left))
             children = spawn_counts(length, keep, cfg.spawn_threshold, cfg.max_spawn_per_step,
-                                    room)
+                                    spawn_room(cfg.max_flows, keep.sum(), budget_left))
         else:
             children = torch.zeros(n, dtype=torch.long, device=device)
         repeats = keep.long() + children
