@@ -99,6 +99,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             last_report = now
     if jsonl_out is not None:
         jsonl_out.close()
+    if trainer.skipped_steps:
+        print(f"note: {trainer.skipped_steps} step(s) skipped; the last because "
+              f"{trainer.last_cause}", file=sys.stderr)
     if args.summary:
         print(learning.format_summary(config.preset, learning.summarize(records)), flush=True)
     if args.checkpoint:
@@ -113,12 +116,12 @@ def _finite(value: float) -> float | None:
 
 def _progress(step: int, steps: int, records: list[dict], ms: float, skipped: int) -> str:
     """The progress line: this step's loss and completion, and the trend (mean loss of the
-    first and the last 20 steps so far)."""
+    first and the last 10 steps so far)."""
     from energy_flow.learning import completion
 
     last = records[-1]
     finite = [r["loss"] for r in records if r["loss"] is not None and not r["skipped"]]
-    window = 20
+    window = 10
     trend = ""
     if len(finite) > window:
         first_mean = sum(finite[:window]) / window

@@ -75,6 +75,7 @@ class Trainer:
         self.optimizer_steps = 0
         self._micro = 0  # micro-steps accumulated since the last optimizer step
         self.consecutive_skips = 0
+        self.last_cause: str | None = None  # why the latest skipped step was skipped
         self._first_cause: str | None = None  # first cause of the current run of skipped steps
 
     def _param_groups(self) -> list[dict]:
@@ -169,6 +170,7 @@ class Trainer:
             self.consecutive_skips, self._first_cause = 0, None
             return
         self.consecutive_skips += 1
+        self.last_cause = cause
         if self._first_cause is None:
             self._first_cause = cause
         limit = self.config.max_consecutive_skips
