@@ -3,7 +3,8 @@
 Per step: neuron -> carrier -> move (clamp, reflect, noise) -> terminate on the
 planes z = -1 / z = +1 -> spawn children -> compact the live set. The only host
 sync per step is one small list of counts (live flows next step, completions,
-spawns) that the loop condition needs.
+spawns, non-finite positions and energies) that the loop condition needs; the
+spawn budget and the capacity cut children on the device, before that sync.
 """
 
 from __future__ import annotations
