@@ -117,8 +117,16 @@ def read_records(path: str | os.PathLike) -> list[dict]:
     return records
 
 
+def _surface_loss(record: dict) -> float:
+    """The MSE part of the loss (the whole loss for records without it); nan when skipped."""
+    for key in ("surface_loss", "loss"):
+        if record.get(key) is not None:
+            return record[key]
+    return float("nan")
+
+
 def plot_curves(runs: dict[str, list[dict]], out: str | os.PathLike, window: int = 10) -> None:
-    """PNG with two panels per step: loss (raw and a ``window``-step moving mean) and the
+    """PNG with two panels per step: surface loss (raw and a ``window``-step moving mean) and the
     fraction of created flows completed on a plane, one line per run."""
     import matplotlib
 
@@ -128,18 +136,18 @@ def plot_curves(runs: dict[str, list[dict]], out: str | os.PathLike, window: int
     fig, (ax_loss, ax_done) = plt.subplots(1, 2, figsize=(11, 4))
     for name, records in runs.items():
         steps = [r["step"] for r in records]
-        losses = [r["loss"] if r.get("loss") is not None else float("nan") for r in records]
+        losses = [_surface_loss(r) for r in records]
         line, = ax_loss.plot(steps, losses, alpha=0.3, linewidth=0.8)
         smooth = [statistics.fmean(losses[max(0, i - window + 1):i + 1])
                   for i in range(len(losses))]
         ax_loss.plot(steps, smooth, color=line.get_color(), label=f"{name} ({window}-step mean)")
         ax_done.plot(steps, [completion(r) for r in records], color=line.get_color(), label=name)
-    ax_loss.set(xlabel="training step", ylabel="loss (MSE)", title="loss")
+    ax_loss.set(xlabel="training step", ylabel="surface loss (MSE)", title="loss")
     ax_done.set(xlabel="training step", ylabel="completed / created", ylim=(0, 1.02),
                 title="flows completed on a plane")
     for ax in (ax_loss, ax_done):
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8, loc="upper right" if ax is ax_loss else "lower right")
     fig.tight_layout()
     atomic_write(Path(out), lambda handle: fig.savefig(handle, format="png", dpi=100))
     plt.close(fig)
