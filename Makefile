@@ -13,7 +13,7 @@ FAIL    ?=
 PORT    ?= 6006
 export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: setup test train profile report claims tensorboard lint bench gpu-check clean
+.PHONY: setup test train learn curves profile report claims tensorboard lint bench gpu-check clean
 
 TORCH_VERSION := 2.13.0
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
@@ -51,6 +51,21 @@ lint: .venv/.installed
 
 train: .venv/.installed
 	$(PY) -m energy_flow train --preset $(PRESET) --steps $(or $(STEPS),20)
+
+# The learning benchmark: STEPS (default 300) steps on the preset's defaults, ending with the
+# figures (mean loss of the first 20 / last 50 steps, completion, flows per step, step time).
+learn: .venv/.installed
+	@mkdir -p runs
+	$(PY) -m energy_flow train --preset $(PRESET) --steps $(or $(STEPS),300) --summary \
+		--out runs/learn-$(PRESET).jsonl
+
+# The learning-curves plot of README: debug (300 steps) and experiment (50 steps).
+curves: .venv/.installed
+	@test -f runs/learn-debug.jsonl || $(MAKE) learn PRESET=debug STEPS=300
+	@test -f runs/learn-experiment.jsonl || $(MAKE) learn PRESET=experiment STEPS=50
+	@mkdir -p docs
+	$(PY) -m energy_flow curves debug=runs/learn-debug.jsonl \
+		experiment=runs/learn-experiment.jsonl --out docs/learning_curves.png
 
 profile: .venv/.installed
 	$(PY) -m profiler profile --preset $(PRESET) $(if $(STEPS),--steps $(STEPS)) \

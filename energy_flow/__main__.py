@@ -33,6 +33,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = _config(args)
     import torch
 
+    from energy_flow import learning
     from energy_flow.data import SyntheticPairs, load_pairs
     from energy_flow.trainer import Trainer
 
@@ -52,6 +53,8 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"batch={config.batch_size} flows={config.initial_flows}", file=sys.stderr)
     last_report = time.perf_counter()
     losses: list[float] = []
+    records: list[dict] = []
+    jsonl_out = open(args.out, "w") if args.out else None  # noqa: SIM115 (closed below)
     # An epoch is one pass over --data, or --epoch-steps synthetic batches; the LR scheduler
     # (ReduceLROnPlateau) sees each epoch's mean loss.
     epoch_steps = args.epoch_steps
@@ -73,25 +76,75 @@ def cmd_train(args: argparse.Namespace) -> int:
         if (i + 1) % epoch_steps == 0 and losses:
             trainer.end_epoch(sum(losses) / len(losses))
             losses.clear()
+        loss = result.loss if math.isfinite(result.loss) else None  # strict JSON
+        record = {"step": result.step, "loss": loss, "ms": round(ms, 3),
+                  "surface_loss": _finite(result.surface_loss),
+                  "completion_loss": _finite(result.completion_loss),
+                  "flows_created": result.flows_created,
+                  "flows_completed": result.flows_completed,
+                  "flows_live_peak": result.flows_live_peak,
+                  "steps_taken": result.steps_taken, "flow_steps": result.flow_steps,
+                  "skipped": result.skipped, "grad_norm": result.grad_norm,
+                  "lr": result.lr}
+        records.append(record)
         if args.jsonl:
-            loss = result.loss if math.isfinite(result.loss) else None  # strict JSON
-            record = {"step": result.step, "loss": loss, "ms": round(ms, 3),
-                      "flows_created": result.flows_created,
-                      "flows_completed": result.flows_completed,
-                      "flows_live_peak": result.flows_live_peak,
-                      "steps_taken": result.steps_taken, "flow_steps": result.flow_steps,
-                      "skipped": result.skipped, "grad_norm": result.grad_norm,
-                      "lr": result.lr}
             print(json.dumps(record), flush=True)
+        if jsonl_out is not None:
+            jsonl_out.write(json.dumps(record) + "\n")
+            jsonl_out.flush()
         now = time.perf_counter()
         if now - last_report >= 1.0 or i + 1 == args.steps or i == 0:
-            print(f"step {i + 1}/{args.steps} loss {result.loss:.6f} {ms:.1f} ms "
-                  f"flows {result.flows_created} completed {result.flows_completed} "
-                  f"skipped {trainer.skipped_steps}", file=sys.stderr, flush=True)
+            print(_progress(i + 1, args.steps, records, ms, trainer.skipped_steps),
+                  file=sys.stderr, flush=True)
             last_report = now
+    if jsonl_out is not None:
+        jsonl_out.close()
+    if trainer.skipped_steps:
+        print(f"note: {trainer.skipped_steps} step(s) skipped; the last because "
+              f"{trainer.last_cause}", file=sys.stderr)
+    if args.summary:
+        print(learning.format_summary(config.preset, learning.summarize(records)), flush=True)
     if args.checkpoint:
         trainer.save_checkpoint(args.checkpoint)
         print(f"checkpoint written to {args.checkpoint}", file=sys.stderr)
+    return 0
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _progress(step: int, steps: int, records: list[dict], ms: float, skipped: int) -> str:
+    """The progress line: this step's loss and completion, and the trend (mean loss of the
+    first and the last 10 steps so far)."""
+    from energy_flow.learning import completion
+
+    last = records[-1]
+    finite = [r["loss"] for r in records if r["loss"] is not None and not r["skipped"]]
+    window = 10
+    trend = ""
+    if len(finite) > window:
+        first_mean = sum(finite[:window]) / window
+        last_mean = sum(finite[-window:]) / window
+        trend = f" (mean of last {window} {last_mean:.4f}, first {window} {first_mean:.4f})"
+    loss = "nan" if last["loss"] is None else f"{last['loss']:.4f}"
+    return (f"step {step}/{steps} loss {loss}{trend} completed {last['flows_completed']}/"
+            f"{last['flows_created']} flows ({completion(last):.0%}) {ms:.0f} ms "
+            f"skipped {skipped}")
+
+
+def cmd_curves(args: argparse.Namespace) -> int:
+    from energy_flow import learning
+
+    runs = {}
+    for spec in args.runs:
+        name, _, path = spec.rpartition("=")
+        records = learning.read_records(path)
+        runs[name or path] = records
+        print(learning.format_summary(name or path, learning.summarize(records)))
+    if args.out:
+        learning.plot_curves(runs, args.out)
+        print(f"learning curves written to {args.out}", file=sys.stderr)
     return 0
 
 
@@ -132,7 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="synthetic steps per epoch (LR scheduler period)")
     train.add_argument("--checkpoint", help="write a checkpoint here at the end")
     train.add_argument("--resume", help="load this checkpoint before training")
+    train.add_argument("--out", help="also write the per-step JSON records to this file")
+    train.add_argument("--summary", action="store_true",
+                       help="end with the learning figures: mean loss of the first 20 and last 50 "
+                            "steps, their ratio, completion, flows per step, step time")
     train.set_defaults(func=cmd_train)
+    curves = sub.add_parser("curves", help="learning figures and a loss / completion plot from "
+                                           "train --out (or --jsonl) files")
+    curves.add_argument("runs", nargs="+", metavar="[NAME=]FILE.jsonl")
+    curves.add_argument("--out", help="write the plot here (PNG)")
+    curves.set_defaults(func=cmd_curves)
     bench_parser = sub.add_parser("bench", help="benchmarks: train step vs GRU floor, flow "
                                                 "init, quantization")
     _bench_arguments(bench_parser)
@@ -147,6 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # ConfigError, DataError, CheckpointError and bad values
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        from energy_flow.trainer import TrainingDiverged
+
+        if not isinstance(exc, TrainingDiverged):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ and pass it explicitly to every constructor. Nothing here touches a device.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,14 @@ class EnergyConfig:
     max_steps: int | None = None  # None -> lattice_depth // 2
     spawn_threshold: float = 0.15  # normalized movement length
     max_spawn_per_step: int = 1
-    exploration_noise: float = 0.05  # std, training mode only
+    # Spawn budget: the most children made in one forward pass, as a multiple of the initial
+    # flows B*S (the live set never exceeds (1 + spawn_budget) * B*S, nor max_flows).
+    spawn_budget: float = 0.25
+    # Initial z drift of the displacement head (normalized units per lattice step, toward the
+    # z = +1 plane); None -> 1.1 / (steps_limit - 1), at most 0.5: an untrained carrier reaches
+    # the plane one step before the step limit.
+    plane_drift: float | None = None
+    exploration_noise: float = 0.01  # std, training mode only
     convergence_threshold: float = 0.8
     convergence_min_steps: int = 3
     convergence_patience: int = 5
@@ -42,7 +50,13 @@ class EnergyConfig:
     embedding_dim: int = 768
     mapper_hidden: int = 512
     mapper_trainable: bool = False
-    lr: float = 2.5e-5
+    lr: float = 1e-3
+    # Completion term of the loss: weight of the mean distance to the nearer plane of the flows
+    # still inside at the end (completed flows count 0), over all flows created; 0 = MSE only.
+    completion_weight: float = 1.0
+    # Learning rate of the displacement head's output layer, as a multiple of lr; 0 keeps it
+    # at its initialisation (a straight drift to the plane): see README, "Learning".
+    displacement_lr_scale: float = 0.0
     weight_decay: float = 1e-5
     param_clip: float = 1.0  # per-parameter grad-norm clip
     global_clip: float = 0.1  # then global grad-norm clip
@@ -58,6 +72,8 @@ class EnergyConfig:
     flow_init: str = "batched"  # loop | batched
     compile: bool = False
     seed: int = 0
+    # Training stops (TrainingDiverged) after this many consecutive skipped steps; 0 = never.
+    max_consecutive_skips: int = 5
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -85,6 +101,19 @@ class EnergyConfig:
             raise ConfigError(f"spawn_threshold must be > 0, got {self.spawn_threshold!r}")
         if self.max_spawn_per_step < 0:
             raise ConfigError(f"max_spawn_per_step must be >= 0, got {self.max_spawn_per_step!r}")
+        if not math.isfinite(self.spawn_budget) or self.spawn_budget < 0:
+            raise ConfigError(f"spawn_budget must be a finite number >= 0, got {self.spawn_budget!r}")
+        if not math.isfinite(self.completion_weight) or self.completion_weight < 0:
+            raise ConfigError(f"completion_weight must be a finite number >= 0, got "
+                              f"{self.completion_weight!r}")
+        if not math.isfinite(self.displacement_lr_scale) or self.displacement_lr_scale < 0:
+            raise ConfigError(f"displacement_lr_scale must be a finite number >= 0, got "
+                              f"{self.displacement_lr_scale!r}")
+        if self.plane_drift is not None and not 0 <= self.plane_drift <= 0.5:
+            raise ConfigError(f"plane_drift must be in [0, 0.5] or None, got {self.plane_drift!r}")
+        if not isinstance(self.max_consecutive_skips, int) or self.max_consecutive_skips < 0:
+            raise ConfigError(f"max_consecutive_skips must be >= 0 (0 = never stop), got "
+                              f"{self.max_consecutive_skips!r}")
         if self.exploration_noise < 0:
             raise ConfigError(f"exploration_noise must be >= 0, got {self.exploration_noise!r}")
         if self.rounding not in ROUNDING_CHOICES:
@@ -109,6 +138,23 @@ class EnergyConfig:
     def steps_limit(self) -> int:
         return self.max_steps if self.max_steps is not None else max(1, self.lattice_depth // 2)
 
+    @property
+    def spawn_limit(self) -> int:
+        """The most children one forward pass may create (the spawn budget, in flows)."""
+        return int(self.spawn_budget * self.initial_flows)
+
+    @property
+    def initial_drift(self) -> float:
+        if not math.isfinite(self.completion_weight) or self.completion_weight < 0:
+            raise ConfigError(f"completion_weight must be a finite number >= 0, got "
+                              f"{self.completion_weight!r}")
+        if not math.isfinite(self.displacement_lr_scale) or self.displacement_lr_scale < 0:
+            raise ConfigError(f"displacement_lr_scale must be a finite number >= 0, got "
+                              f"{self.displacement_lr_scale!r}")
+        if self.plane_drift is not None:
+            return self.plane_drift
+        return min(0.5, 1.1 / max(1, self.steps_limit - 1))
+
     def replace(self, **overrides: Any) -> EnergyConfig:
         return make_config_from(self, **overrides)
 
@@ -122,19 +168,19 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "debug": dict(
         lattice_width=20, lattice_height=20, lattice_depth=10, batch_size=8, max_flows=50_000,
         carrier_hidden=256, carrier_layers=2, spawn_threshold=0.15, max_spawn_per_step=1,
-        exploration_noise=0.05, convergence_threshold=0.8, convergence_min_steps=3,
+        exploration_noise=0.01, convergence_threshold=0.8, convergence_min_steps=3,
         convergence_patience=5, grad_accumulation=1, mapper_hidden=512,
     ),
     "experiment": dict(
         lattice_width=28, lattice_height=28, lattice_depth=40, batch_size=16, max_flows=200_000,
         carrier_hidden=512, carrier_layers=3, spawn_threshold=0.5, max_spawn_per_step=1,
-        exploration_noise=0.05, convergence_threshold=0.95, convergence_min_steps=5,
-        convergence_patience=8, grad_accumulation=4, mapper_hidden=1024,
+        exploration_noise=0.005, convergence_threshold=0.95, convergence_min_steps=5,
+        convergence_patience=8, grad_accumulation=1, mapper_hidden=1024,
     ),
     "optimized": dict(
         lattice_width=100, lattice_height=100, lattice_depth=50, batch_size=32,
         max_flows=1_000_000, carrier_hidden=1024, carrier_layers=3, spawn_threshold=0.1,
-        max_spawn_per_step=3, exploration_noise=0.1, convergence_threshold=0.95,
+        max_spawn_per_step=3, exploration_noise=0.002, convergence_threshold=0.95,
         convergence_min_steps=5, convergence_patience=12, grad_accumulation=1,
         mapper_hidden=1024,
     ),
@@ -193,6 +239,8 @@ def parse_override(text: str) -> tuple[str, Any]:
             if raw.lower() not in ("1", "0", "true", "false", "on", "off", "yes", "no"):
                 raise ValueError(raw)
             value: Any = raw.lower() in ("1", "true", "on", "yes")
+        elif name == "plane_drift":
+            value = None if raw.lower() == "none" else float(raw)
         elif isinstance(default, int) or name == "max_steps":
             value = None if raw.lower() == "none" else int(raw)
         elif isinstance(default, float):

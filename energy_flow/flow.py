@@ -3,7 +3,8 @@
 Per step: neuron -> carrier -> move (clamp, reflect, noise) -> terminate on the
 planes z = -1 / z = +1 -> spawn children -> compact the live set. The only host
 sync per step is one small list of counts (live flows next step, completions,
-spawns) that the loop condition needs.
+spawns, non-finite positions and energies) that the loop condition needs; the
+spawn budget and the capacity cut children on the device, before that sync.
 """
 
 from __future__ import annotations
@@ -52,13 +53,33 @@ def advance(positions: Tensor, displacement: Tensor, noise: Tensor | None,
     return moved, plane
 
 
+class NonFiniteFlows(FloatingPointError):
+    """Positions or energies of live flows became NaN or infinite (``what``, at lattice ``step``)."""
+
+    def __init__(self, what: str, step: int):
+        super().__init__(f"{what} became non-finite at lattice step {step}")
+        self.what = what
+        self.step = step
+
+
 def spawn_counts(length: Tensor, keep: Tensor, threshold: float, max_spawn: int,
                  room: Tensor | int) -> Tensor:
     """Children per flow [N] int64: min(floor(L / thr) - 1, max_spawn) for live flows that moved
-    L > thr, cut (in flow order) so that no more than ``room`` children are made in all."""
+    L > thr, cut (in flow order) so that no more than ``room`` children are made in all.
+
+    ``room`` may be a 0-d tensor (capacity left and the spawn budget left, computed on the
+    device): the cut is a cumulative sum, so no host sync is needed.
+    """
     want = (torch.floor(length / threshold) - 1).clamp_(0, max_spawn).long() * keep
     before = torch.cumsum(want, 0) - want
     return torch.minimum(want, (room - before).clamp_min(0))
+
+
+def spawn_room(max_flows: int, kept: Tensor, budget_left: int) -> Tensor:
+    """The most children one step may add (0-d int64, on the device of ``kept``, no host
+    sync): the capacity left after the ``kept`` (0-d) flows, and what is left of the spawn
+    budget."""
+    return (max_flows - kept).clamp(min=0, max=max(0, budget_left))
 
 
 def collect_weight(energy: Tensor, distance: Tensor, age: Tensor) -> Tensor:
@@ -77,6 +98,7 @@ class FlowRun:
     created: int = 0
     completed: int = 0
     projected: int = 0
+    projected_distance: Tensor | None = None  # [P] distance of each projected flow to its plane
     live_peak: int = 0
     steps_taken: int = 0
     flow_steps: int = 0
@@ -106,6 +128,7 @@ class FlowProcessor:
         cfg, ws = self.config, self.workspace
         spill = batch_size * cfg.surface_size
         run = FlowRun(created=state.count, live_peak=state.count)
+        spawn_limit, initial = cfg.spawn_limit, state.count
         best_completed, stale = 0, 0
         for step in range(cfg.steps_limit):
             n = state.count
@@ -130,20 +153,25 @@ class FlowProcessor:
             with region("collect"):
                 self._record(run, state, nxt, energy, completed, spill, scratch)
             with region("spawn"):
+                budget_left = spawn_limit - (run.created - initial)
                 state, counts = self._next_state(state, nxt, energy, hidden, completed,
-                                                 run.created, scratch)
+                                                 run.created, budget_left, scratch)
+            live, done, spawned, bad_positions, bad_energies = counts
+            if bad_positions or bad_energies:
+                raise NonFiniteFlows("positions" if bad_positions else "energies", step + 1)
             if self.on_step is not None:
                 self.on_step(step, state)
-            live, done, spawned = counts
             run.completed += done
             run.created += spawned
             run.live_peak = max(run.live_peak, live)
             if cfg.cleanup_interval and (step + 1) % cfg.cleanup_interval == 0:
                 cleanup_memory_safe(nxt.device, cfg.cleanup_threshold_bytes)
                 run.cleanups += 1
+            # Patience counts steps without new completions once flows have begun to complete:
+            # before the first one arrives there is no completion rate to converge.
             if run.completed > best_completed:
                 best_completed, stale = run.completed, 0
-            else:
+            elif run.completed:
                 stale += 1
             if step + 1 >= cfg.convergence_min_steps and (
                 run.completed >= cfg.convergence_threshold * run.created
@@ -184,24 +212,34 @@ class FlowProcessor:
         run.energies.append(state.energy)
         run.moved.append((state.positions.detach() != state.origin).any(dim=1))
         run.projected = state.count
+        run.projected_distance = distance
 
     def _next_state(self, state: FlowState, nxt: Tensor, energy: Tensor, hidden: Tensor,
-                    completed: Tensor, next_id: int,
+                    completed: Tensor, next_id: int, budget_left: int,
                     scratch: list[Tensor]) -> tuple[FlowState, list[int]]:
-        """Drop completed flows, add spawned children after their parents (capacity permitting)."""
+        """Drop completed flows, add spawned children after their parents, within both the
+        capacity (max_flows) and what is left of the spawn budget.
+
+        Returns the next state and [live, completed, spawned, non-finite positions,
+        non-finite energies] (one host sync); on a non-finite count the state is not built.
+        """
         cfg, ws = self.config, self.workspace
         n, device = state.count, nxt.device
         keep = ~completed
         if cfg.movement_spawning and cfg.max_spawn_per_step > 0:
             length = (nxt.detach() - state.positions.detach()).norm(dim=1)
             children = spawn_counts(length, keep, cfg.spawn_threshold, cfg.max_spawn_per_step,
-                                    cfg.max_flows - keep.sum())
+                                    spawn_room(cfg.max_flows, keep.sum(), budget_left))
         else:
             children = torch.zeros(n, dtype=torch.long, device=device)
         repeats = keep.long() + children
-        live, done, spawned = torch.stack(
-            [repeats.sum(), completed.sum(), children.sum()]).tolist()  # the step's host sync
-        counts = [live, done, spawned]
+        bad_positions = (~torch.isfinite(nxt.detach())).sum()
+        bad_energies = (~torch.isfinite(energy.detach())).sum()
+        counts = torch.stack([repeats.sum(), completed.sum(), children.sum(), bad_positions,
+                              bad_energies]).tolist()  # the step's host sync
+        live, done, spawned = counts[:3]
+        if counts[3] or counts[4]:
+            return state, counts
         history = ws.empty(tuple(state.history.shape), dtype=torch.float32, device=device,
                            category="flow_state")
         scratch.append(history)

@@ -41,8 +41,10 @@ class FlowStats:
 class ForwardOutput:
     surface: Tensor  # [B, S]
     target_surface: Tensor | None  # [B, S]
-    loss: Tensor | None
+    loss: Tensor | None  # surface_loss + completion_weight * completion_loss
     stats: FlowStats
+    surface_loss: Tensor | None = None  # MSE between the surface and the mapped target
+    completion_loss: Tensor | None = None  # mean distance to a plane at the end, per flow
 
 
 class EnergyFlowModel(nn.Module):
@@ -91,10 +93,14 @@ class EnergyFlowModel(nn.Module):
             surface = self.lattice.collect(torch.cat(run.keys), torch.cat(run.weights),
                                            torch.cat(run.energies), batch_size)
             moved = torch.cat(run.moved).sum()
-        loss = None
+        loss = surface_loss = completion_loss = None
         if target_surface is not None:
             with region("loss"):
-                loss = F.mse_loss(surface, target_surface)
+                surface_loss = F.mse_loss(surface, target_surface)
+                completion_loss = surface.new_zeros(())
+                if run.projected_distance is not None:
+                    completion_loss = run.projected_distance.sum() / run.created
+                loss = surface_loss + self.config.completion_weight * completion_loss
         stats = FlowStats(
             flows_created=run.created, flows_completed=run.completed,
             flows_live_peak=run.live_peak, steps_taken=run.steps_taken,
@@ -105,7 +111,8 @@ class EnergyFlowModel(nn.Module):
             self.workspace.release(tensor)
         self.workspace.end_step()
         return ForwardOutput(surface=surface, target_surface=target_surface, loss=loss,
-                             stats=stats)
+                             stats=stats, surface_loss=surface_loss,
+                             completion_loss=completion_loss)
 
     @torch.no_grad()
     def decode(self, surface: Tensor) -> Tensor:

@@ -93,6 +93,17 @@ class EnergyCarrier(nn.Module):
             self.position_memory = nn.Linear(3 * config.position_history, memory)
             self.fuse = nn.Linear(hc + memory, hc)
         self._init_gru()
+        self._init_displacement(config.initial_drift)
+
+    def _init_displacement(self, drift: float) -> None:
+        """Start with a steady move toward the z = +1 plane: zero weights and a z bias of
+        ``drift`` per step. A randomly initialised head moves flows ~0.05 per step, so with z
+        starting at 0 almost none reaches a plane within the step limit; and its x/y output,
+        which follows every change of the features upstream, carries flows out of their cells
+        (x/y moves then come only from what this layer learns)."""
+        self.displacement_out.weight.data.zero_()
+        self.displacement_out.bias.data.zero_()
+        self.displacement_out.bias.data[2] = drift
 
     def _init_gru(self) -> None:
         hc = self.gru.hidden_size

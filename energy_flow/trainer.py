@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from energy_flow.config import EnergyConfig
+from energy_flow.flow import NonFiniteFlows
 from energy_flow.model import EnergyFlowModel
 from energy_flow.regions import region
 from energy_flow.runtime import atomic_write
@@ -31,6 +32,10 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be loaded into this trainer; the message names each problem."""
 
 
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive steps were skipped; the message names the first cause."""
+
+
 @dataclass
 class StepResult:
     """One training micro-step."""
@@ -47,6 +52,9 @@ class StepResult:
     grad_norm: float | None
     lr: float
     optimizer_stepped: bool
+    cause: str | None = None  # why the step was skipped (None when it was not)
+    surface_loss: float = math.nan  # the MSE part of loss
+    completion_loss: float = math.nan  # mean distance to a plane at the end (unweighted)
 
 
 class Trainer:
@@ -59,13 +67,28 @@ class Trainer:
         self.model = EnergyFlowModel(config, workspace).to(self.device)
         self.model.train()
         self.params = self.model.trainable_parameters()
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr,
+        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr,
                                            weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer)
         self.step = 0
         self.skipped_steps = 0
         self.optimizer_steps = 0
         self._micro = 0  # micro-steps accumulated since the last optimizer step
+        self.consecutive_skips = 0
+        self.last_cause: str | None = None  # why the latest skipped step was skipped
+        self._first_cause: str | None = None  # first cause of the current run of skipped steps
+
+    def _param_groups(self) -> list[dict]:
+        """Two groups: the displacement head's output layer at lr * displacement_lr_scale, the
+        rest at lr. With one lr for all, Adam moves that layer by ~lr per step on gradients that
+        are tiny and mostly noise, and flows drift across cells in x/y (measured in README)."""
+        head = {id(p) for p in self.model.carrier.displacement_out.parameters()}
+        moving = [p for p in self.params if id(p) in head]
+        rest = [p for p in self.params if id(p) not in head]
+        groups = [{"params": rest}]
+        if moving:
+            groups.append({"params": moving, "lr": self.config.lr * self.config.displacement_lr_scale})
+        return groups
 
     def _autocast(self):
         if self.device.type == "cuda" and self.config.autocast:
@@ -74,47 +97,90 @@ class Trainer:
 
     def train_step(self, inputs: Tensor, targets: Tensor,
                    on_phase: Callable[[str], None] | None = None) -> StepResult:
+        """One micro-step. A non-finite loss, gradient, flow position or energy skips the step
+        (counted); non-finite weights after an update skip it too. After
+        ``max_consecutive_skips`` skipped steps in a row, TrainingDiverged names the cause."""
         phase = on_phase if on_phase is not None else (lambda name: None)
         inputs = inputs.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
         self.model.train()
-        with self._autocast():
-            out = self.model(inputs, targets)
-        loss = out.loss.float() / self.config.grad_accumulation
+        step = self.step + 1
+        cause, out = None, None
+        try:
+            with self._autocast():
+                out = self.model(inputs, targets)
+        except NonFiniteFlows as exc:
+            cause = f"{exc.what} became non-finite at step {step} (lattice step {exc.step})"
         phase("forward")
-        loss_value = float(loss.detach()) * self.config.grad_accumulation
-        finite = math.isfinite(loss_value)
-        if finite:
-            with region("backward"):
-                loss.backward()
+        loss_value = surface_value = completion_value = math.nan
+        if out is not None:
+            loss = out.loss.float() / self.config.grad_accumulation
+            loss_value, surface_value, completion_value = torch.stack(  # one host sync
+                [out.loss.detach().float(), out.surface_loss.detach().float(),
+                 out.completion_loss.detach().float()]).tolist()
+            if math.isfinite(loss_value):
+                with region("backward"):
+                    loss.backward()
+            else:
+                cause = f"loss became non-finite at step {step}"
         phase("backward")
         grad_norm, stepped = None, False
         with region("optimizer"):
-            if not finite:
-                self._discard()
-            else:
+            if cause is None:
                 self._micro += 1
                 if self._micro >= self.config.grad_accumulation:
                     grad_norm = self._clip()
-                    if math.isfinite(grad_norm):
+                    if not math.isfinite(grad_norm):
+                        cause = f"gradients became non-finite at step {step}"
+                    else:
                         self.optimizer.step()
                         self.optimizer_steps += 1
                         stepped = True
                         self.optimizer.zero_grad(set_to_none=True)
                         self._micro = 0
-                    else:
-                        finite = False
-                        self._discard()
+                        if not math.isfinite(self.weight_peak()):
+                            cause = f"weights became non-finite at step {step}"
+            if cause is not None:
+                self._discard()
         phase("optimizer")
-        self.step += 1
-        stats = out.stats
+        self.step = step
+        self._track_skips(cause)
+        stats = out.stats if out is not None else None
         return StepResult(
-            step=self.step, loss=loss_value, skipped=not finite, samples=inputs.shape[0],
-            flows_created=stats.flows_created, flows_completed=stats.flows_completed,
-            flows_live_peak=stats.flows_live_peak, steps_taken=stats.steps_taken,
-            flow_steps=stats.flow_steps, grad_norm=grad_norm,
-            lr=self.optimizer.param_groups[0]["lr"], optimizer_stepped=stepped,
+            step=self.step, loss=loss_value, skipped=cause is not None,
+            samples=inputs.shape[0],
+            flows_created=stats.flows_created if stats else 0,
+            flows_completed=stats.flows_completed if stats else 0,
+            flows_live_peak=stats.flows_live_peak if stats else 0,
+            steps_taken=stats.steps_taken if stats else 0,
+            flow_steps=stats.flow_steps if stats else 0, grad_norm=grad_norm,
+            lr=self.optimizer.param_groups[0]["lr"], optimizer_stepped=stepped, cause=cause,
+            surface_loss=surface_value, completion_loss=completion_value,
         )
+
+    def weight_peak(self) -> float:
+        """Largest |weight| over the trained parameters (inf or nan when one is non-finite)."""
+        if not self.params:
+            return 0.0
+        peaks = torch._foreach_norm([p.detach() for p in self.params], math.inf)
+        return float(torch.stack(peaks).max())
+
+    def _track_skips(self, cause: str | None) -> None:
+        if cause is None:
+            self.consecutive_skips, self._first_cause = 0, None
+            return
+        self.consecutive_skips += 1
+        self.last_cause = cause
+        if self._first_cause is None:
+            self._first_cause = cause
+        limit = self.config.max_consecutive_skips
+        if limit and self.consecutive_skips >= limit:
+            peak = self.weight_peak()
+            hint = "lr too high?" if not math.isfinite(peak) or peak > 1e6 else "bad data?"
+            raise TrainingDiverged(
+                f"{self._first_cause}: {hint} (largest |weight| {peak:.3g}, lr "
+                f"{self.optimizer.param_groups[0]['lr']:g}; stopped after "
+                f"{self.consecutive_skips} consecutive skipped steps)")
 
     def _discard(self) -> None:
         """A non-finite loss or gradient: drop the accumulated gradients and count the step."""

@@ -24,8 +24,12 @@ def test_forward_shapes_ranges_and_stats(tiny):
     assert out.surface.shape == (2, 16) and out.target_surface.shape == (2, 16)
     assert torch.isfinite(out.surface).all()
     assert out.surface.abs().max() <= 1.0  # softmax-weighted means of tanh energies
-    assert out.loss.shape == () and out.loss.item() == pytest.approx(
+    assert out.surface_loss.item() == pytest.approx(
         F.mse_loss(out.surface, out.target_surface).item())
+    # The completion term: mean distance to the nearer plane of the projected flows, per flow.
+    assert 0 < out.completion_loss.item() <= out.stats.flows_projected / out.stats.flows_created
+    assert out.loss.shape == () and out.loss.item() == pytest.approx(
+        out.surface_loss.item() + tiny.completion_weight * out.completion_loss.item())
     s = out.stats
     assert all(isinstance(v, int) for v in vars(s).values())
     assert s.flows_created >= 32 and s.flows_live_peak <= tiny.max_flows
@@ -66,7 +70,8 @@ def test_flows_really_move_and_age(make_tiny):
 
 def test_spawning_grows_flows_within_capacity(make_tiny):
     cfg = make_tiny(spawn_threshold=0.01, max_spawn_per_step=3, max_flows=60, lattice_depth=20,
-                    convergence_patience=100, convergence_threshold=1.0)
+                    convergence_patience=100, convergence_threshold=1.0, spawn_budget=100.0,
+                    exploration_noise=0.05)
     out = EnergyFlowModel(cfg)(*_pairs(cfg))
     assert out.stats.flows_created > 32  # children were made
     assert out.stats.flows_live_peak == 60  # and capped by the capacity
@@ -186,7 +191,7 @@ def test_cleanup_runs_at_the_configured_interval(make_tiny, interval):
 
 
 def test_position_history_holds_the_last_positions(make_tiny):
-    cfg = make_tiny(movement_spawning=False, max_steps=3, convergence_min_steps=3)
+    cfg = make_tiny(movement_spawning=False, max_steps=3, convergence_min_steps=3, plane_drift=0.2)
     model = EnergyFlowModel(cfg).eval()
     start = model.lattice.cell_positions(torch.device("cpu")).repeat(2, 1)
     states = []
