@@ -117,7 +117,7 @@ def category_stats(events: pd.DataFrame, category: str, view: str, steps: Iterab
     of the step (free_bytes positive). Pool columns stay empty.
     """
     steps = sorted(set(steps))
-    cats = list(dict.fromkeys(list(categories) + sorted(set(events[category]) - set(categories))))
+    cats = list(dict.fromkeys(list(categories) + sorted(set(events[category].unique()) - set(categories))))
     ev = events.sort_values("ts_us", kind="stable")
     b = ev["bytes"].to_numpy(dtype=np.int64)
     frame = pd.DataFrame({

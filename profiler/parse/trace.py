@@ -220,33 +220,47 @@ def _frames(cols: dict[str, list[Any]], metadata: dict[str, Any]) -> TraceFrames
     return TraceFrames(ops, annotations, memory, metadata, kernels)
 
 
+def _last_reaching(ends: np.ndarray, pos: np.ndarray, limit: np.ndarray,
+                   strict: bool) -> np.ndarray:
+    """Per query q, the largest j < pos[q] with ends[j] >= limit[q] (> with ``strict``),
+    or -1. A descent over a sparse table of maxima of ``ends``: O((n + m) log n)."""
+    table = [ends]  # table[p][i] = max(ends[i : i + 2**p])
+    while (1 << len(table)) <= len(ends):
+        prev, half = table[-1], 1 << (len(table) - 1)
+        table.append(np.maximum(prev[:-half], prev[half:]))
+    pos = np.asarray(pos, dtype=np.int64).copy()
+    for p in range(len(table) - 1, -1, -1):
+        width = 1 << p
+        can = np.flatnonzero(pos >= width)
+        level = table[p][pos[can] - width]
+        short = level <= limit[can] if strict else level < limit[can]
+        pos[can[short]] -= width  # every span in the skipped block ends too early
+    return pos - 1
+
+
 def innermost(starts: np.ndarray, ends: np.ndarray, labels: list[Any],
               points: np.ndarray) -> list[Any]:
     """For each point, the label of the innermost (latest-starting) span containing it, or None.
 
-    Spans must nest (as scopes on one thread do). One sweep: O((n + m) log(n + m)).
+    With the spans ordered by start (longer, outer, first on ties), the answer is the last
+    span in that order with start <= point <= end. Vectorized: a binary search finds the
+    spans starting at or before each point, then a descent over a sparse table of
+    maxima of the ends skips back over the spans that end before it.
+    O((n + m) log n), no Python loop per span or point.
     """
     result: list[Any] = [None] * len(points)
     if len(starts) == 0 or len(points) == 0:
         return result
     order = np.lexsort((-ends, starts))  # by start, longer (outer) first on ties
-    s_sorted, e_sorted = starts[order].tolist(), ends[order].tolist()
-    l_sorted = [labels[i] for i in order]
-    p_order = np.argsort(points, kind="stable").tolist()
-    pts = points.tolist()
-    stack: list[tuple[float, Any]] = []
-    k, n = 0, len(s_sorted)
-    for pi in p_order:
-        t = pts[pi]
-        while k < n and s_sorted[k] <= t:
-            while stack and stack[-1][0] < s_sorted[k]:
-                stack.pop()
-            stack.append((e_sorted[k], l_sorted[k]))
-            k += 1
-        while stack and stack[-1][0] < t:
-            stack.pop()
-        if stack:
-            result[pi] = stack[-1][1]
+    s_sorted = np.asarray(starts, dtype=np.float64)[order]
+    e_sorted = np.asarray(ends, dtype=np.float64)[order]
+    pts = np.asarray(points, dtype=np.float64)
+    pos = np.searchsorted(s_sorted, pts, side="right")  # spans [0, pos) start at or before
+    pos = _last_reaching(e_sorted, pos, pts, strict=False) + 1
+    hit = np.flatnonzero(pos > 0)
+    spans = order[pos[hit] - 1]
+    for i, j in zip(hit.tolist(), spans.tolist(), strict=True):
+        result[i] = labels[j]
     return result
 
 
