@@ -357,6 +357,27 @@ def phase_marks(annotations: pd.DataFrame) -> pd.DataFrame:
                          "ts_us": marks["ts_us"].to_numpy()}).sort_values("ts_us")
 
 
+def _nesting_sweep(order: np.ndarray, tids: np.ndarray, starts: list[float], ends: list[float],
+                   durs: list[float], device: list[float]) -> tuple[list[float], list[float]]:
+    """Per span: summed duration of the spans directly inside it, and its device time plus
+    that of every span inside it (one stack sweep per thread)."""
+    child = [0.0] * len(starts)
+    total_device = list(device)
+    for tid in pd.unique(tids):
+        stack: list[int] = []
+        for i in order[tids[order] == tid].tolist():
+            start = starts[i]
+            while stack and ends[stack[-1]] <= start:
+                stack.pop()
+            if stack:
+                child[stack[-1]] += durs[i]
+                if device[i]:
+                    for j in stack:
+                        total_device[j] += device[i]
+            stack.append(i)
+    return child, total_device
+
+
 def operator_table(frames: TraceFrames) -> pd.DataFrame:
     """operators.csv rows (``profiler.rundir.OPERATOR_COLUMNS``) from the parsed trace:
     per name over the window's operators and ``record_function`` scopes (ProfilerStep spans
@@ -376,25 +397,21 @@ def operator_table(frames: TraceFrames) -> pd.DataFrame:
     if kernels is not None and len(kernels) and "ext" in ops.columns:
         per_ext = kernels.groupby("ext")["dur_us"].sum()
         device[: len(ops)] = ops["ext"].map(per_ext).fillna(0.0).to_numpy()
-    child = [0.0] * len(spans)
-    total_device = device.tolist()
-    own_device = device.tolist()
-    starts, ends = spans["ts_us"].tolist(), spans["end_us"].tolist()
-    durs = spans["dur_us"].tolist()
+    starts, ends = spans["ts_us"].to_numpy(), spans["end_us"].to_numpy()
+    durs = spans["dur_us"].to_numpy()
     tids = spans["tid"].to_numpy()
-    order_all = np.lexsort((-spans["dur_us"].to_numpy(), spans["ts_us"].to_numpy()))
-    for tid in pd.unique(tids):
-        stack: list[int] = []
-        for i in order_all[tids[order_all] == tid].tolist():
-            start = starts[i]
-            while stack and ends[stack[-1]] <= start:
-                stack.pop()
-            if stack:
-                child[stack[-1]] += durs[i]
-                if own_device[i]:
-                    for j in stack:
-                        total_device[j] += own_device[i]
-            stack.append(i)
+    order_all = np.lexsort((-durs, starts))
+    if device.any():
+        child, total_device = _nesting_sweep(order_all, tids, starts.tolist(), ends.tolist(),
+                                             durs.tolist(), device.tolist())
+    else:  # no device time to carry up: each span's parent is enough
+        child = np.zeros(len(spans))
+        total_device = device
+        for tid in pd.unique(tids):
+            rows = order_all[tids[order_all] == tid]
+            parent = _last_reaching(ends[rows], np.arange(len(rows)), starts[rows], strict=True)
+            inside = parent >= 0
+            np.add.at(child, rows[parent[inside]], durs[rows[inside]])
     table = pd.DataFrame({"name": spans["name"], "count": 1,
                           "self_us": spans["dur_us"] - np.asarray(child),
                           "total_us": spans["dur_us"], "self_device_us": device,
