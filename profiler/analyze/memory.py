@@ -25,30 +25,44 @@ from profiler.rundir import MEMORY_COLUMNS, OTHER_REGION
 FORWARD, BACKWARD, OPTIMIZER = "forward", "backward", "optimizer"
 
 
+def _blocks(events: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The events in block order (by device, address, then time; stable) and, per position
+    in that order, whether the next event is on the same block."""
+    device = pd.factorize(events["device"])[0]
+    addr = events["addr"].to_numpy()
+    order = np.lexsort((events["ts_us"].to_numpy(), addr, device))
+    d, a = device[order], addr[order]
+    same_next = np.zeros(len(order), dtype=bool)
+    same_next[:-1] = (d[1:] == d[:-1]) & (a[1:] == a[:-1])
+    return order, same_next
+
+
 def owners(events: pd.DataFrame, label: str) -> pd.Series:
     """Per event, the ``label`` column value of the allocation owning its block (see module doc)."""
-    ev = events[["device", "addr", "ts_us", "bytes", label]]
-    order = ev.sort_values(["device", "addr", "ts_us"], kind="stable")
-    same_block = (order["device"].eq(order["device"].shift())
-                  & order["addr"].eq(order["addr"].shift()))
-    prev_alloc = order["bytes"].shift().gt(0) & same_block
-    prev_label = order[label].shift()
-    out = order[label].copy()
-    frees = order["bytes"] < 0
-    out[frees & prev_alloc] = prev_label[frees & prev_alloc]
+    order, same_next = _blocks(events)
+    b = events["bytes"].to_numpy()[order]
+    values = events[label].to_numpy(dtype=object)[order]
+    out = values.copy()
+    frees = b < 0
+    prev_alloc = np.zeros(len(order), dtype=bool)
+    prev_alloc[1:] = (b[:-1] > 0) & same_next[:-1]
+    owned = np.flatnonzero(frees & prev_alloc)
+    out[owned] = values[owned - 1]
     out[frees & ~prev_alloc] = OTHER_REGION
-    return out.reindex(events.index)
+    result = np.empty(len(order), dtype=object)
+    result[order] = out
+    return pd.Series(result, index=events.index, name=label).astype(events[label].dtype)
 
 
 def free_times(events: pd.DataFrame) -> pd.Series:
     """Per allocation event, the ts_us of the free releasing it (NaN if not freed in the window)."""
-    order = events.sort_values(["device", "addr", "ts_us"], kind="stable")
-    same_block = (order["device"].eq(order["device"].shift(-1))
-                  & order["addr"].eq(order["addr"].shift(-1)))
-    nxt_free = order["bytes"].shift(-1).lt(0) & same_block & order["bytes"].gt(0)
-    out = pd.Series(np.nan, index=order.index)
-    out[nxt_free] = order["ts_us"].shift(-1)[nxt_free]
-    return out.reindex(events.index)
+    order, same_next = _blocks(events)
+    b = events["bytes"].to_numpy()[order]
+    ts = events["ts_us"].to_numpy(dtype=np.float64)[order]
+    freed = np.flatnonzero((b[:-1] > 0) & (b[1:] < 0) & same_next[:-1])
+    out = np.full(len(order), np.nan)
+    out[order[freed]] = ts[freed + 1]
+    return pd.Series(out, index=events.index)
 
 
 def event_phases(events: pd.DataFrame, marks: pd.DataFrame, ts: pd.Series | None = None) -> pd.Series:
@@ -117,29 +131,60 @@ def category_stats(events: pd.DataFrame, category: str, view: str, steps: Iterab
     of the step (free_bytes positive). Pool columns stay empty.
     """
     steps = sorted(set(steps))
-    cats = list(dict.fromkeys(list(categories) + sorted(set(events[category].unique()) - set(categories))))
-    ev = events.sort_values("ts_us", kind="stable")
-    b = ev["bytes"].to_numpy(dtype=np.int64)
-    frame = pd.DataFrame({
-        "cat": ev[category].to_numpy(), "step": ev["step"].to_numpy(),
-        "cum": ev.groupby(category, sort=False)["bytes"].cumsum().to_numpy(),
-        "alloc_count": (b > 0).astype(np.int64), "alloc_bytes": np.where(b > 0, b, 0),
-        "free_count": (b < 0).astype(np.int64), "free_bytes": np.where(b < 0, -b, 0)})
-    per = frame.groupby(["cat", "step"], sort=False).agg(
-        last=("cum", "last"), high=("cum", "max"), alloc_count=("alloc_count", "sum"),
-        alloc_bytes=("alloc_bytes", "sum"), free_count=("free_count", "sum"),
-        free_bytes=("free_bytes", "sum"))
+    labels = events[category].to_numpy(dtype=object)
+    known = list(categories)
+    cats = list(dict.fromkeys(known + sorted(set(pd.unique(labels)) - set(known))))
     grid = pd.MultiIndex.from_product([cats, steps], names=["cat", "step"])
-    per = per.reindex(grid)
-    live = per["last"].groupby(level="cat", sort=False).ffill().fillna(0)
-    before = live.groupby(level="cat", sort=False).shift(1).fillna(0)
-    peak = np.maximum(before.to_numpy(), per["high"].fillna(-np.inf).to_numpy())
-    counts = per[["alloc_count", "alloc_bytes", "free_count", "free_bytes"]].fillna(0)
+    n_cats, n_steps = len(cats), len(steps)
+    # events in time order (stable), each with its category's and step's position
+    order = np.argsort(events["ts_us"].to_numpy(), kind="stable")
+    code = pd.Index(cats).get_indexer(labels[order])
+    step_of = events["step"].to_numpy()[order]
+    where = np.searchsorted(np.asarray(steps), step_of)
+    where_ok = where < n_steps
+    known_step = where_ok & (np.asarray(steps)[np.minimum(where, n_steps - 1)] == step_of)
+    b = events["bytes"].to_numpy(dtype=np.int64)[order]
+    # cum: the category's net bytes since the window began, after each event
+    by_cat = np.argsort(code, kind="stable")
+    sums = np.cumsum(b[by_cat])
+    first = np.flatnonzero(np.r_[True, code[by_cat][1:] != code[by_cat][:-1]])[: len(b)]
+    base = np.repeat(sums[first] - b[by_cat][first], np.diff(np.r_[first, len(by_cat)]))
+    cum = np.empty(len(b), dtype=np.int64)
+    cum[by_cat] = sums - base
+    # per (category, step) cell: last and highest cum, counts and bytes
+    cell = (code * n_steps + where)[known_step]
+    cum, b = cum[known_step], b[known_step]
+    by_cell = np.argsort(cell, kind="stable")
+    cell, cum, b = cell[by_cell], cum[by_cell], b[by_cell]
+    size = n_cats * n_steps
+    seen = np.zeros(size, dtype=bool)
+    last = np.zeros(size, dtype=np.int64)
+    high = np.full(size, -np.inf)
+    counts = {c: np.zeros(size, dtype=np.int64) for c in
+              ("alloc_count", "alloc_bytes", "free_count", "free_bytes")}
+    if len(cell):
+        starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
+        ends = np.r_[starts[1:], len(cell)] - 1
+        cells = cell[starts]
+        seen[cells] = True
+        last[cells] = cum[ends]
+        high[cells] = np.maximum.reduceat(cum, starts)
+        counts["alloc_count"][cells] = np.add.reduceat((b > 0).astype(np.int64), starts)
+        counts["alloc_bytes"][cells] = np.add.reduceat(np.where(b > 0, b, 0), starts)
+        counts["free_count"][cells] = np.add.reduceat((b < 0).astype(np.int64), starts)
+        counts["free_bytes"][cells] = np.add.reduceat(np.where(b < 0, -b, 0), starts)
+    # live: the last value carried forward over steps without events (0 before any)
+    seen2, last2 = seen.reshape(n_cats, n_steps), last.reshape(n_cats, n_steps)
+    filled = np.where(seen2, np.arange(n_steps), -1)
+    np.maximum.accumulate(filled, axis=1, out=filled)
+    live = np.where(filled >= 0, np.take_along_axis(last2, np.maximum(filled, 0), axis=1), 0)
+    before = np.zeros_like(live)
+    before[:, 1:] = live[:, :-1]
+    peak = np.maximum(before.ravel().astype(np.float64), high)
     out = pd.DataFrame({
         "step": grid.get_level_values("step"), "view": view,
-        "category": grid.get_level_values("cat"), "live_bytes": live.to_numpy(np.int64),
-        "peak_bytes": peak.astype(np.int64),
-        **{c: counts[c].to_numpy(np.int64) for c in counts.columns},
+        "category": grid.get_level_values("cat"), "live_bytes": live.ravel(),
+        "peak_bytes": peak.astype(np.int64), **counts,
         "pool_hits": None, "pool_misses": None})
     return out[list(MEMORY_COLUMNS)]
 
