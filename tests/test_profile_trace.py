@@ -11,20 +11,22 @@ import pytest
 import torch
 
 from energy_flow.regions import REGION_PREFIX, REGIONS
-from profiler.analyze.memory import attribution_check, owners
+from profiler.analyze.memory import attribution_check, category_stats, free_times, owners
 from profiler.analyze.window import window_tables
 from profiler.collect.tracing import TraceSchedule, TraceSession
 from profiler.collect.workload import make_energy_flow_workload
 from profiler.parse.scan import scan_events
 from profiler.parse.trace import (
     ScopeRules,
+    _nesting_sweep,
     attribute_memory,
+    operator_table,
     parse_trace,
     phase_marks,
     read_frames,
     read_trace,
 )
-from profiler.rundir import ALLOCATION_COLUMNS, MEMORY_COLUMNS, TENSOR_ROLES
+from profiler.rundir import ALLOCATION_COLUMNS, MEMORY_COLUMNS, PHASE_MARK_PREFIX, TENSOR_ROLES
 
 ACTIVE = (2, 3)
 RULES = ScopeRules(REGION_PREFIX, REGIONS)  # energy_flow's declared regions
@@ -144,3 +146,94 @@ def test_scanning_reads_the_same_frames_as_the_full_json_load(traced, tmp_path):
     compact.write_text(json.dumps(read_trace(path), separators=(",", ":")))
     assert scan_events(compact.read_bytes()) is None
     pd.testing.assert_frame_equal(read_frames(compact).memory, full.memory)
+
+
+def _plain_innermost(starts, ends, labels, points):
+    """Reference: per point, the last span (by start, outer first on ties) containing it."""
+    order = sorted(range(len(starts)), key=lambda i: (starts[i], -ends[i]))
+    out = []
+    for t in points:
+        inside = [i for i in order if starts[i] <= t <= ends[i]]
+        out.append(labels[inside[-1]] if inside else None)
+    return out
+
+
+def _plain_owners_and_frees(ev):
+    """Reference: walk the events in time order, one dict of open blocks."""
+    owner, freed_at, open_blocks = {}, {}, {}
+    for idx, row in ev.sort_values("ts_us", kind="stable").iterrows():
+        key = (row["device"], row["addr"])
+        if row["bytes"] > 0:
+            owner[idx] = row["region"]
+            open_blocks[key] = idx
+        else:
+            alloc = open_blocks.pop(key, None)
+            owner[idx] = ev.at[alloc, "region"] if alloc is not None else "other"
+            if alloc is not None:
+                freed_at[alloc] = row["ts_us"]
+    return owner, freed_at
+
+
+def _plain_category_stats(ev, category, steps):
+    """Reference: per category, a running sum of bytes; per step its end and high point."""
+    rows, live = {}, {}
+    for _, row in ev.sort_values("ts_us", kind="stable").iterrows():
+        cat, step, b = row[category], row["step"], int(row["bytes"])
+        live[cat] = live.get(cat, 0) + b
+        cell = rows.setdefault((cat, step), {"high": live[cat], "n_alloc": 0, "n_free": 0,
+                                             "alloc": 0, "free": 0})
+        cell["high"] = max(cell["high"], live[cat])
+        cell["live"] = live[cat]
+        cell["n_alloc" if b > 0 else "n_free"] += 1
+        cell["alloc" if b > 0 else "free"] += abs(b)
+    out = {}
+    for cat in {c for c, _ in rows}:
+        carried = 0
+        for step in steps:
+            cell = rows.get((cat, step))
+            if cell is None:
+                out[(cat, step)] = (carried, carried, 0, 0, 0, 0)
+                continue
+            out[(cat, step)] = (cell["live"], max(carried, cell["high"]), cell["n_alloc"],
+                                cell["alloc"], cell["n_free"], cell["free"])
+            carried = cell["live"]
+    return out
+
+
+def test_vectorized_attribution_equals_the_plain_loops(traced):
+    frames, ev = traced["frames"], traced["events"]
+    # innermost operator of every memory event, on each thread
+    for tid, mem in ev.groupby("tid"):
+        ops = frames.ops[frames.ops["tid"] == tid]
+        plain = _plain_innermost(ops["ts_us"].tolist(), ops["end_us"].tolist(),
+                                 ops["name"].tolist(), mem["ts_us"].tolist())
+        assert mem["op"].tolist() == [o or "" for o in plain]
+        assert sum(o is not None for o in plain) > len(mem) / 2
+    # self time: the plain stack sweep over the same spans (no device time on CPU)
+    table = operator_table(frames).set_index("name")
+    notes = frames.annotations
+    spans = pd.concat([frames.ops, notes[~notes["name"].str.startswith(
+        ("ProfilerStep#", PHASE_MARK_PREFIX))]], ignore_index=True)
+    order = np.lexsort((-spans["dur_us"].to_numpy(), spans["ts_us"].to_numpy()))
+    child, _ = _nesting_sweep(order, spans["tid"].to_numpy(), spans["ts_us"].tolist(),
+                              spans["end_us"].tolist(), spans["dur_us"].tolist(),
+                              [0.0] * len(spans))
+    self_us = (spans["dur_us"] - np.asarray(child)).groupby(spans["name"]).sum()
+    assert table["self_us"].to_dict() == self_us.to_dict()
+    assert (table["self_us"] < table["total_us"]).any()
+    # owners and free times: one walk over the events in time order
+    owner, freed_at = _plain_owners_and_frees(ev)
+    assert owners(ev, "region").to_dict() == owner
+    frees = free_times(ev)
+    assert frees.dropna().to_dict() == freed_at and len(freed_at) > 100
+    # per-step category stats: running sums
+    ev = ev.assign(owner_region=owners(ev, "region"))
+    steps = sorted(ev["step"].unique())
+    stats = category_stats(ev, "owner_region", "region", steps, ["zero", "other"])
+    plain = _plain_category_stats(ev, "owner_region", steps)
+    columns = ["live_bytes", "peak_bytes", "alloc_count", "alloc_bytes", "free_count",
+               "free_bytes"]
+    got = {(r.category, r.step): tuple(getattr(r, c) for c in columns)
+           for r in stats.itertuples()}
+    assert {k: v for k, v in got.items() if k[0] != "zero"} == plain
+    assert got[("zero", steps[-1])] == (0, 0, 0, 0, 0, 0)
