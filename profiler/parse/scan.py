@@ -50,10 +50,17 @@ _DEVICE_CATS = (b'"cat": "kernel"', b'"cat": "gpu_memcpy"', b'"cat": "gpu_memset
 
 
 def _ints(values: tuple[bytes, ...] | list[bytes], empty: int = -1) -> np.ndarray:
-    arr = np.array(values, dtype=np.bytes_) if len(values) else np.array([], dtype=np.bytes_)
-    if len(arr) and (arr == b"").any():
-        arr = np.where(arr == b"", str(empty).encode(), arr)
-    return arr.astype(np.int64)
+    """Decimal integers (an empty match: ``empty``), parsed by numpy in one call; values of
+    19 characters or more (possibly out of int64) go through numpy's checked conversion."""
+    if not len(values):
+        return np.array([], dtype=np.int64)
+    fill = str(empty).encode()
+    filled = [v or fill for v in values]
+    if max(map(len, filled)) < 19:
+        out = np.fromstring(b" ".join(filled), dtype=np.int64, sep=" ")
+        if len(out) == len(filled):
+            return out
+    return np.array(filled, dtype=np.bytes_).astype(np.int64)
 
 
 def _floats(values: tuple[bytes, ...] | list[bytes]) -> np.ndarray:
