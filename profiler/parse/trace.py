@@ -27,8 +27,11 @@ Containment is inclusive at both ends. Times are trace microseconds.
 
 from __future__ import annotations
 
+import gc
 import gzip
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,11 +195,27 @@ def read_frames(path: Path | str) -> TraceFrames:
     raw = path.read_bytes()
     if path.name.endswith(".gz"):
         raw = gzip.decompress(raw)
-    cols = scan_events(raw)
-    header = scan_header(raw) if cols is not None else None
-    if cols is None or header is None:
-        return parse_trace(_orjson.loads(raw) if _orjson is not None else json.loads(raw))
-    return _frames(cols, header)
+    with _gc_paused():
+        cols = scan_events(raw)
+        header = scan_header(raw) if cols is not None else None
+        if cols is None or header is None:
+            return parse_trace(_orjson.loads(raw) if _orjson is not None else json.loads(raw))
+        return _frames(cols, header)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a trace's events become tens of thousands of
+    tuples and strings (no reference cycles among them): otherwise each few hundred new
+    objects start a pass, and the older generations' passes walk every tracked object of
+    the process (torch's included). Its previous state is restored."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _frames(cols: dict[str, list[Any]], metadata: dict[str, Any]) -> TraceFrames:
