@@ -420,12 +420,13 @@ def operator_table(frames: TraceFrames) -> pd.DataFrame:
     durs = spans["dur_us"].to_numpy()
     tids = spans["tid"].to_numpy()
     order_all = np.lexsort((-durs, starts))
+    child = np.zeros(len(spans))
+    total_device = device
     if device.any():
-        child, total_device = _nesting_sweep(order_all, tids, starts.tolist(), ends.tolist(),
-                                             durs.tolist(), device.tolist())
+        swept, carried = _nesting_sweep(order_all, tids, starts.tolist(), ends.tolist(),
+                                        durs.tolist(), device.tolist())
+        child, total_device = np.asarray(swept), np.asarray(carried)
     else:  # no device time to carry up: each span's parent is enough
-        child = np.zeros(len(spans))
-        total_device = device
         for tid in pd.unique(tids):
             rows = order_all[tids[order_all] == tid]
             parent = _last_reaching(ends[rows], np.arange(len(rows)), starts[rows], strict=True)
