@@ -71,6 +71,10 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
                    help="full mode: recorded steps per trace window (default: 3)")
     p.add_argument("--trace-repeat", type=int, default=1,
                    help="full mode: number of trace windows (default: 1)")
+    p.add_argument("--collective-timeout", type=float, default=None, metavar="S",
+                   help="under torchrun: seconds a torch.distributed collective may wait for "
+                        "its peers before it fails (default: $PROFILER_COLLECTIVE_TIMEOUT, "
+                        "else 300)")
     p.add_argument("--measure-overhead", action="store_true",
                    help="light mode: alternate bare and instrumented steps and report the "
                         "paired-median overhead in run.json (timings.overhead)")
@@ -85,8 +89,9 @@ def _profile_usage_error(message: str) -> None:
     sys.exit(UsageError.exit_code)
 
 
-def _profile_options(args: argparse.Namespace):
-    """Validate everything and build (options, config, device); touches no file."""
+def _profile_options(args: argparse.Namespace, rank: Any = None):
+    """Validate everything and build (options, config, device); touches no file.
+    ``rank``: this process's ``RankInfo`` under torchrun (its device, its directory)."""
     import os
     from datetime import datetime, timezone
     from pathlib import Path
@@ -148,6 +153,11 @@ def _profile_options(args: argparse.Namespace):
         device = resolve_device(args.device)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
+    distributed = rank is not None and rank.distributed
+    if distributed and device.type == "cuda" and args.device in ("auto", "cuda"):
+        import torch
+
+        device = torch.device("cuda", rank.local_rank)  # one GPU per local rank
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     label = _workload_label(args.workload) if custom else f"{args.preset}-{args.variant}"
     name = args.name or f"{label}-{args.mode}-{stamp}"
@@ -160,7 +170,7 @@ def _profile_options(args: argparse.Namespace):
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"output directory {out} is not writable")
-    if run_dir.exists() and not args.overwrite:
+    if run_dir.exists() and not args.overwrite and not distributed:
         raise RunDirError(f"run directory {run_dir} already exists (use --overwrite)")
     if custom:
         from profiler.collect.workload import WorkloadLoadError, custom_workload
@@ -178,8 +188,30 @@ def _profile_options(args: argparse.Namespace):
         mode=args.mode, steps=steps, warmup=warmup,
         monitor_interval=args.monitor_interval, overrides=overrides, nvml=nvml, trace=trace,
         overwrite=args.overwrite, measure_overhead=args.measure_overhead,
-        command=tuple(sys.argv), workload=args.workload, module_depth=args.module_depth)
+        command=tuple(sys.argv), workload=args.workload, module_depth=args.module_depth,
+        rank=rank)
     return options, config, device, make_workload
+
+
+def _join_ranks(args: argparse.Namespace, options: Any, device: Any) -> Any:
+    """Under torchrun with more than one rank: the process group joined, the run name
+    agreed (rank 0's), this rank's directory checked; the options of this rank."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from profiler.collect.distributed import DistributedError, broadcast, init_process_group
+    from profiler.rundir import rank_dir
+
+    try:
+        info = init_process_group(options.rank, device)
+    except DistributedError as exc:
+        raise UsageError(str(exc)) from None
+    name = broadcast(options.name)
+    root = Path(args.out) / name
+    mine = rank_dir(root, info.rank)
+    if mine.exists() and not args.overwrite:
+        raise RunDirError(f"run directory {mine} already exists (use --overwrite)")
+    return replace(options, name=name, run_dir=mine, trace_dir=root, rank=info)
 
 
 def _workload_label(spec: str) -> str:
@@ -217,6 +249,13 @@ def _profile_summary(meta: dict) -> str:
                      f"sum over categories {a['sum_categories_bytes']} B vs allocator change "
                      f"{a['allocator_total_bytes']} B: {'ok' if a['ok'] else 'MISMATCH'} "
                      f"(tolerance {a['tolerance_bytes']} B)")
+    d = meta.get("distributed") or {}
+    if d.get("ranks"):
+        per = ", ".join(f"{r['rank']} {r['status'] or 'no record'}" for r in d["ranks"])
+        lines.append(f"ranks: {d['world_size']} ({d['backend']}, {d['launcher']}): {per}")
+    elif d:
+        lines.append(f"rank {d['rank']} of {d['world_size']} ({d['backend']}): this rank's "
+                     f"files in {'the run directory' if d['rank'] == 0 else 'ranks/'}")
     nv = meta.get("nvml") or {}
     lines.append("nvml: sampled" if nv.get("available") else f"nvml: {nv.get('reason')}")
     if meta.get("error"):
@@ -227,12 +266,23 @@ def _profile_summary(meta: dict) -> str:
 def _run_profile(args: argparse.Namespace) -> int:
     from profiler.profiling import run_profile
 
-    options, config, device, make_workload = _profile_options(args)
+    from profiler.collect.distributed import DistributedError, rank_from_env
+
+    try:
+        rank = rank_from_env(args.collective_timeout)
+    except DistributedError as exc:
+        raise UsageError(str(exc)) from None
+    if args.collective_timeout is not None and args.collective_timeout <= 0:
+        raise UsageError(f"--collective-timeout must be > 0 seconds, got "
+                         f"{args.collective_timeout}")
+    options, config, device, make_workload = _profile_options(args, rank)
+    if rank is not None and rank.distributed:
+        options = _join_ranks(args, options, device)
     what = options.workload if options.preset is None else f"{options.preset}/{options.variant}"
     print(f"profiling {what} on {device} ({options.mode}, "
           f"{options.steps} steps) -> {options.run_dir}", file=sys.stderr, flush=True)
     meta = run_profile(options, config, device, make_workload)
-    print(options.run_dir)
+    print(options.trace_dir or options.run_dir)
     print(_profile_summary(meta))
     codes = {"complete": 0, "interrupted": InterruptedRun.exit_code, "failed": 1, "oom": 1}
     return codes.get(meta["status"], 1)

@@ -22,7 +22,15 @@ import torch
 from profiler.analyze.memory import memory_growth, pool_rows
 from profiler.analyze.timings import step_timings
 from profiler.analyze.window import window_tables
+from profiler.collect.distributed import (
+    combine,
+    gather_summaries,
+    rank_summary,
+    shutdown,
+    wait_for_ranks,
+)
 from profiler.collect.session import ProfileOptions, ProfileSession
+from profiler.collect.signals import StopSignals
 from profiler.collect.tracing import ensure_distributed_info
 from profiler.parse.trace import ScopeRules, read_frames, read_trace
 from profiler.render.scalars import ScalarWriter
@@ -43,7 +51,42 @@ def run_profile(options: ProfileOptions, config: Any, device: torch.device,
     """Profile ``make_workload``'s workload into ``options.run_dir``; run.json's contents."""
     session = ProfileSession(options, config, device, make_workload, log=log)
     session.run()
-    return postprocess(session)
+    if options.rank is None or not options.rank.distributed:
+        return postprocess(session)
+    # torchrun asks every rank to stop once one fails or on Ctrl-C, and kills them 30 s
+    # later: the finishing below is not cut short by that request.
+    with StopSignals():
+        meta = postprocess(session)
+        finish_ranks(session, own_group=True)
+    return meta
+
+
+def finish_ranks(session: ProfileSession, own_group: bool) -> None:
+    """The end of one rank of a multi-rank run: every rank's summary gathered (when this
+    rank completed), the process group left (``own_group``: the profiler created it), and
+    on rank 0 the whole run's status and ``distributed.ranks`` in run.jsonc (from the
+    gathered summaries, else from the rank records on this file system)."""
+    info = session.o.rank
+    if info is None or not info.distributed:
+        return
+    meta = session.writer.meta
+    gathered = gather_summaries(meta) if meta["status"] == "complete" else None
+    if own_group:
+        shutdown()
+    if info.rank != 0:
+        return
+    if gathered is not None:
+        records = {int(s["rank"]): s for s in gathered}
+    else:
+        records = wait_for_ranks(session.o.run_dir, info.world_size)
+        records[0] = rank_summary(meta)
+    combined = combine(info.world_size, records)
+    distributed = dict(meta.get("distributed") or {})
+    distributed.update(ranks=combined["ranks"], failed_ranks=combined["failed_ranks"],
+                       missing_ranks=combined["missing_ranks"])
+    session.writer.update(distributed=distributed, status=combined["status"],
+                          error=combined["error"])
+    session.writer.write_run()
 
 
 def postprocess(session: ProfileSession) -> dict[str, Any]:
@@ -88,7 +131,7 @@ def _window(session: ProfileSession) -> list[dict[str, Any]]:
     o, writer = session.o, session.writer
     assert session.trace is not None
     t0 = time.perf_counter()
-    paths = [o.run_dir / f for f in session.trace.files]
+    paths = [o.traces_in / f for f in session.trace.files]
     frames = []
     for path in paths:
         f = read_frames(path)

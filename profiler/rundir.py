@@ -32,6 +32,12 @@ NVML_CSV = "nvml.csv"
 OPERATORS_CSV = "operators.csv"
 CUDA_SNAPSHOT = "cuda_memory_snapshot.pickle"
 TRACE_SUFFIXES = (".pt.trace.json.gz", ".pt.trace.json")
+# A multi-rank run (torchrun): rank 0's files are the run directory's own (run.jsonc,
+# steps.csv, ...); rank r > 0 writes the same files under ranks/rank<r>/ (its run.jsonc
+# holds its own status). Every rank's trace lies in the run directory itself, named
+# rank<r>.<ts>.pt.trace.json.gz (TensorBoard: one worker per rank). No two ranks write
+# the same file.
+RANKS_DIR = "ranks"
 
 STATUSES = ("running", "complete", "interrupted", "failed", "oom")
 PHASES = ("warmup", "measured")  # steps.csv "phase": warm-up rows stay out of statistics
@@ -72,6 +78,18 @@ COLLECTOR_STEPS_COLUMNS = (
     "traced",           # 1 when torch.profiler was warming up or recording during the step
                         # (slower: kept out of the step-time statistics)
     "instrumented",     # --measure-overhead only: 1 instrumented, 0 bare step
+)
+
+# steps.csv column every run writes (0 for a single-process run):
+RANK_COLUMN = "rank"    # torch.distributed rank that ran the step
+# steps.csv columns of a DistributedDataParallel workload (light and full mode), timed
+# around DDP's gradient synchronization (a communication hook on each bucket):
+COMM_STEPS_COLUMNS = (
+    "comm_ms",          # union of the buckets' all-reduce spans (launch -> completion)
+    "comm_exposed_ms",  # part of comm_ms after the last bucket was launched (backward
+                        # compute done): time the step waited for communication
+    "comm_calls",       # all-reduce calls (buckets) in the step
+    "comm_bytes",       # bytes all-reduced in the step
 )
 
 # memory_by_category.csv: per step and category.
@@ -169,6 +187,24 @@ def run_json_path(run_dir: Path | str) -> Path:
     return legacy if not path.exists() and legacy.exists() else path
 
 
+def rank_dir(run_dir: Path | str, rank: int) -> Path:
+    """Where rank ``rank`` of a run writes its files (rank 0: the run directory itself)."""
+    run_dir = Path(run_dir)
+    return run_dir if rank == 0 else run_dir / RANKS_DIR / f"rank{rank}"
+
+
+def rank_dirs(run_dir: Path | str) -> dict[int, Path]:
+    """The rank directories present under ``run_dir`` (rank 0 included), by rank."""
+    run_dir = Path(run_dir)
+    found = {0: run_dir}
+    ranks = run_dir / RANKS_DIR
+    if ranks.is_dir():
+        for p in ranks.iterdir():
+            if p.is_dir() and p.name.startswith("rank") and p.name[4:].isdigit():
+                found[int(p.name[4:])] = p
+    return dict(sorted(found.items()))
+
+
 def trace_files(run_dir: Path | str) -> list[Path]:
     run_dir = Path(run_dir)
     return sorted(p for p in run_dir.iterdir() if p.name.endswith(TRACE_SUFFIXES))
@@ -190,7 +226,12 @@ def trace_files(run_dir: Path | str) -> list[Path]:
 #   "module_depth"), timings ({"setup_s", "total_s", "trace_postprocess_s",
 #   "step_ms_median", "step_ms_mean", "traced_step_ms_median", "samples_per_s",
 #   "overhead"}), memory_growth (analyze.memory.memory_growth), environment
-#   (ENVIRONMENT variables that change speed or memory).
+#   (ENVIRONMENT variables that change speed or memory), distributed (null for one
+#   process; else {"rank", "local_rank", "world_size", "backend", "launcher",
+#   "timeout_s", "host", "pid", "device"} and, in rank 0's run.jsonc once the run ended,
+#   "ranks": [{"rank", "host", "device", "status", "error"}], "failed_ranks",
+#   "missing_ranks"; the top-level status is then the whole run's: complete only when
+#   every rank completed).
 # Only on some runs: memory_at_failure (failed / oom: allocator state),
 #   finalize_errors (what could not be written while finishing), memory_history (CUDA:
 #   the allocation-history recording, collect.stats.CudaSnapshot.to_json).
@@ -198,6 +239,6 @@ RUN_JSON_KEYS = (
     "schema_version", "name", "status", "error", "command", "config", "seeds", "versions",
     "device", "host", "git_revision", "started_at", "ended_at", "steps_requested",
     "steps_completed", "warmup_steps", "nvml", "trace", "attribution", "timings",
-    "memory_growth", "environment",
+    "memory_growth", "environment", "distributed",
 )
 OPTIONAL_RUN_JSON_KEYS = ("memory_at_failure", "finalize_errors", "memory_history")

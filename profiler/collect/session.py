@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from profiler.collect.failure import failure_status
+from profiler.collect.distributed import CommTimer, RankInfo
 from profiler.collect.modules import ModuleScopes
 from profiler.collect.nvml import NvmlConfig, NvmlSampler
 from profiler.collect.signals import StopRequested, StopSignals
@@ -35,10 +36,12 @@ from profiler.collect.workload import Workload, role_tensors_of
 from profiler.collect.writer import RunWriter, device_info, git_revision, host, utc_now, versions
 from profiler.rundir import (
     COLLECTOR_STEPS_COLUMNS,
+    COMM_STEPS_COLUMNS,
     CUDA_SNAPSHOT,
     NVML_COLUMNS,
     NVML_CSV,
     OPTIONAL_STEPS_COLUMNS,
+    RANK_COLUMN,
     STEPS_COLUMNS,
     STEPS_CSV,
 )
@@ -61,7 +64,8 @@ class StepLog:
     Fields outside ``COLUMNS`` (a workload's own step columns) are kept too, in the order
     they first appear; ``extra_columns`` lists them."""
 
-    COLUMNS = (*STEPS_COLUMNS, *OPTIONAL_STEPS_COLUMNS, *STEP_EXTRA_COLUMNS, "instrumented")
+    COLUMNS = (*STEPS_COLUMNS, *OPTIONAL_STEPS_COLUMNS, *STEP_EXTRA_COLUMNS, "instrumented",
+               RANK_COLUMN, *COMM_STEPS_COLUMNS)
 
     def __init__(self) -> None:
         self._rows: list[tuple] = []
@@ -112,7 +116,9 @@ class StepLog:
         collector's, then the workload's own."""
         optional = [c for c in OPTIONAL_STEPS_COLUMNS if c in self._reported]
         extra = ["instrumented"] if with_instrumented else []
-        return [*STEPS_COLUMNS, *optional, *STEP_EXTRA_COLUMNS, *extra, *self.extra_columns]
+        comm = [c for c in COMM_STEPS_COLUMNS if c in self._reported]
+        return [*STEPS_COLUMNS, *optional, *STEP_EXTRA_COLUMNS, *extra, RANK_COLUMN, *comm,
+                *self.extra_columns]
 
 
 @dataclass(frozen=True)
@@ -135,6 +141,16 @@ class ProfileOptions:
     tolerance_bytes: int | None = None  # attribution check; None = 0 on CPU, 1 MiB on CUDA
     workload: str = "energy_flow"  # what was profiled: energy_flow, module:factory, a script
     module_depth: int | None = None  # per-module attribution depth; None = automatic
+    rank: RankInfo | None = None  # torch.distributed rank (None: one process)
+    trace_dir: Path | None = None  # where traces go (a multi-rank run's root); None = run_dir
+
+    @property
+    def traces_in(self) -> Path:
+        return self.trace_dir if self.trace_dir is not None else self.run_dir
+
+    @property
+    def rank_index(self) -> int:
+        return self.rank.rank if self.rank is not None else 0
 
 
 class ProfileSession:
@@ -155,6 +171,7 @@ class ProfileSession:
         self.trace: TraceSession | None = None
         self.workload: Any = None  # a Workload: step() plus optional members
         self.modules: ModuleScopes | None = None
+        self.comm: CommTimer | None = None
         self._csv_written = time.monotonic()
         self._stop = StopSignals()
 
@@ -179,7 +196,14 @@ class ProfileSession:
 
         o = self.o
         resolve_device(self.device)  # ConfigError before anything is written
+        import torch.distributed as dist
+
+        ordered = o.rank is not None and o.rank.distributed and dist.is_initialized()
+        if ordered and o.rank_index > 0:
+            dist.barrier()  # rank 0 has created (or replaced) the run directory
         self.writer.create(o.overwrite)
+        if ordered and o.rank_index == 0:
+            dist.barrier()
         config = {"preset": o.preset, "overrides": o.overrides, "variant": o.variant,
                   "pool": o.pool, "mode": o.mode, "workload": o.workload,
                   "model": self.config.to_dict() if hasattr(self.config, "to_dict")
@@ -197,13 +221,20 @@ class ProfileSession:
             nvml={"available": False, "reason": "NVML unavailable: not sampled in bare mode",
                   "interval_s": o.nvml.interval_s},
             timings={}, memory_growth=None,
-            environment={k: os.environ.get(k) for k in ENVIRONMENT_KEYS if k in os.environ})
+            environment={k: os.environ.get(k) for k in ENVIRONMENT_KEYS if k in os.environ},
+            distributed=o.rank.to_json(self.device) if o.rank is not None else None)
         self.writer.write_run()
 
     def failure(self, exc: BaseException) -> tuple[str | None, dict | None, dict | None]:
         """(status, error, memory state) for an exception that ended the steps; status None
         for one that is not the run's to record (SystemExit, GeneratorExit)."""
         error = {"type": type(exc).__name__, "message": str(exc)}
+        if self._stop.signame is not None and isinstance(exc, Exception):
+            # stopped by a signal: a collective that failed meanwhile (a peer that
+            # stopped first) does not make this rank failed
+            error = {"type": "StopRequested", "message": f"stopped by {self._stop.signame} "
+                     f"({type(exc).__name__}: {exc})"}
+            return "interrupted", error, None
         if isinstance(exc, (StopRequested, KeyboardInterrupt)):
             error["message"] = str(exc) or "KeyboardInterrupt"
             return "interrupted", error, None
@@ -220,10 +251,15 @@ class ProfileSession:
             self.writer.update(nvml=status.to_json(o.nvml.interval_s))
             self.writer.meta["versions"].update(driver=status.driver, nvml=status.nvml_version)
         if o.mode == "full":
-            self.trace = TraceSession(o.run_dir, o.trace, self.device)
+            self.trace = TraceSession(o.traces_in, o.trace, self.device,
+                                      worker_name=f"rank{o.rank_index}")
             module = getattr(workload, "module", None)
             if module is not None:
                 self.modules = ModuleScopes(module, o.module_depth)
+        ddp = getattr(workload, "ddp", None)
+        if o.mode != "bare" and isinstance(ddp, torch.nn.parallel.DistributedDataParallel):
+            self.comm = CommTimer()
+            self.comm.attach(ddp)
         self.writer.update(trace={"schedule": o.trace.to_json(), "files": []}
                            if o.mode == "full" else None)
         self.writer.write_run()
@@ -277,7 +313,7 @@ class ProfileSession:
             result = step_fields(self.workload.step(i, None))
             t1 = time.perf_counter()
             return {**result, "step": i, "phase": phase, "wall_ms": (t1 - t0) * 1e3,
-                    "end_ts": time.time(), "instrumented": 0}
+                    "end_ts": time.time(), "instrumented": 0, "rank": self.o.rank_index}
         marks: dict[str, float] = {}
 
         def on_phase(name: str) -> None:
@@ -299,7 +335,9 @@ class ProfileSession:
                "forward_ms": None if f is None else (f - t0) * 1e3,
                "backward_ms": None if b is None or f is None else (b - f) * 1e3,
                "optimizer_ms": None if p is None or b is None else (p - b) * 1e3,
-               "end_ts": time.time(), "instrumented": 1}
+               "end_ts": time.time(), "instrumented": 1, "rank": self.o.rank_index}
+        if self.comm is not None:
+            row.update(self.comm.take())
         row.update(self.memory.read())
         self.snapshot.guard(i, row["peak_bytes"], row["reserved_bytes"])
         return row
@@ -351,7 +389,7 @@ class ProfileSession:
 
         attempt("nvml", self._finish_nvml)
         attempt("steps", self._flush_steps)
-        if self.trace is not None:
+        if self.trace is not None and self.writer.meta.get("trace") is not None:
             self.writer.meta["trace"]["files"] = list(self.trace.files)
         if self.o.mode == "full" and status == "complete" and not self.snapshot.dumped_with_stacks:
             attempt("snapshot", lambda: None if self.snapshot.dump(

@@ -60,6 +60,7 @@ class TraceSession:
     run_dir: Path
     schedule: TraceSchedule
     device: torch.device
+    worker_name: str = WORKER_NAME
     files: list[str] = field(default_factory=list)
     probes: dict[str, dict[int, str]] = field(default_factory=dict)
     _prof: Any = None
@@ -70,7 +71,7 @@ class TraceSession:
             activities.append(ProfilerActivity.CUDA)
         s = self.schedule
         self._handler = torch.profiler.tensorboard_trace_handler(
-            str(self.run_dir), worker_name=WORKER_NAME, use_gzip=True)
+            str(self.run_dir), worker_name=self.worker_name, use_gzip=True)
         self._prof = torch.profiler.profile(
             activities=activities,
             schedule=torch.profiler.schedule(wait=s.wait, warmup=s.warmup, active=s.active,
@@ -114,7 +115,8 @@ class TraceSession:
         before = set(p.name for p in self.run_dir.iterdir())
         self._handler(prof)
         new = sorted(p.name for p in self.run_dir.iterdir()
-                     if p.name not in before and ".pt.trace.json" in p.name)
+                     if p.name not in before and ".pt.trace.json" in p.name
+                     and p.name.startswith(self.worker_name + "."))
         self.files.extend(new)
 
 

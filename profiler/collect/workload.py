@@ -62,9 +62,23 @@ class EnergyFlowWorkload:
         self.workspace = workspace
         self.trainer = Trainer(config, device, workspace)
         self.data = SyntheticPairs(embedding_dim=config.embedding_dim, seed=config.seed)
+        # Under torch.distributed (world > 1): the model in DistributedDataParallel, and
+        # rank r of W trains on batches r, W + r, 2W + r, ... (its own shard; the batch
+        # size is per rank).
+        self.rank, self.world_size = 0, 1
+        self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+            ids = [device.index or 0] if device.type == "cuda" else None
+            self.ddp = torch.nn.parallel.DistributedDataParallel(self.trainer.model,
+                                                                 device_ids=ids)
+            self.trainer.model = self.ddp
 
     def step(self, index: int, on_phase: PhaseCallback | None) -> dict[str, Any]:
-        inputs, targets = self.data.batch(self.config.batch_size, index, self.device)
+        shard = index * self.world_size + self.rank
+        inputs, targets = self.data.batch(self.config.batch_size, shard, self.device)
         result = asdict(self.trainer.train_step(inputs, targets, on_phase))
         result["skipped"] = int(result["skipped"])
         return result
