@@ -33,12 +33,13 @@ from typing import Any, TextIO
 
 import torch
 
+from profiler.collect.distributed import rank_from_env, rank_of_group
 from profiler.collect.nvml import NvmlConfig
 from profiler.collect.session import MODES, ProfileOptions, ProfileSession
-from profiler.collect.signals import StopRequested
+from profiler.collect.signals import StopRequested, StopSignals
 from profiler.collect.stats import sync
 from profiler.collect.tracing import TraceSchedule
-from profiler.rundir import PHASE_SCOPE_PREFIX
+from profiler.rundir import PHASE_SCOPE_PREFIX, rank_dir
 
 STANDARD_PHASES = ("forward", "backward", "optimizer")
 DEFAULT_TRACE = TraceSchedule(wait=2, warmup=1, active=3, repeat=1)
@@ -50,6 +51,8 @@ class _UserLoop:
     def __init__(self, model: torch.nn.Module | None, device: torch.device,
                  optimizer: Any | None) -> None:
         self.module = model
+        self.ddp = model if isinstance(model, torch.nn.parallel.DistributedDataParallel) \
+            else None  # its gradient synchronization is timed (steps.csv comm_ms)
         self.device = device
         self.optimizer = optimizer
 
@@ -106,8 +109,11 @@ class Profile:
             raise FileExistsError(f"run directory {run_dir} already exists "
                                   f"(overwrite=True replaces it)")
         self.device = _device_of(model, device)
+        rank = rank_of_group(rank_from_env())
         self.options = ProfileOptions(
-            run_dir=run_dir, name=name or run_dir.name, preset=None, variant=None, pool="off",
+            run_dir=rank_dir(run_dir, rank.rank) if rank is not None else run_dir,
+            trace_dir=run_dir if rank is not None and rank.distributed else None,
+            rank=rank, name=name or run_dir.name, preset=None, variant=None, pool="off",
             mode=mode, steps=0, warmup=warmup, monitor_interval=monitor_interval,
             overrides={}, nvml=nvml or NvmlConfig(), trace=trace or DEFAULT_TRACE,
             overwrite=overwrite, command=tuple(sys.argv), tolerance_bytes=tolerance_bytes,
@@ -171,9 +177,14 @@ class Profile:
                     f"trace: {type(trace_exc).__name__}: {trace_exc}")
         s.o = _with_steps(s.o, len(s.rows))
         s.end(status, error, at_failure, time.perf_counter() - self._t_start)
-        from profiler.profiling import postprocess
+        from profiler.profiling import finish_ranks, postprocess
 
-        self.meta = postprocess(s)
+        if s.o.rank is not None and s.o.rank.distributed:
+            with StopSignals():  # torchrun's stop request waits for the finishing
+                self.meta = postprocess(s)
+                finish_ranks(s, own_group=False)
+        else:
+            self.meta = postprocess(s)
         self.status = status
 
     # --- the loop ---------------------------------------------------------------------------
@@ -223,9 +234,11 @@ class Profile:
         for name, seconds in self._phases.items():
             row[f"{name}_ms"] = seconds * 1e3
         row.update(step=i, phase="warmup" if i < self.options.warmup else "measured",
-                   wall_ms=(t1 - self._t0) * 1e3, end_ts=time.time(),
+                   wall_ms=(t1 - self._t0) * 1e3, end_ts=time.time(), rank=self.options.rank_index,
                    instrumented=0 if self._bare else 1,
                    traced=int(s.trace is not None and s.trace.recording))
+        if s.comm is not None:
+            row.update(s.comm.take())
         if not self._bare:
             row.update(s.memory.read())
             s.snapshot.guard(i, row["peak_bytes"], row["reserved_bytes"])

@@ -264,9 +264,8 @@ def _profile_summary(meta: dict) -> str:
 
 
 def _run_profile(args: argparse.Namespace) -> int:
-    from profiler.profiling import run_profile
-
     from profiler.collect.distributed import DistributedError, rank_from_env
+    from profiler.profiling import run_profile
 
     try:
         rank = rank_from_env(args.collective_timeout)
@@ -445,6 +444,29 @@ def _run_claims(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- merge (multi-node runs without a shared file system) --------------------------------
+def _add_merge(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "merge", help="combine the per-node directories of a multi-node run into one",
+        description="Each node of a torchrun --nnodes N launch writes its ranks under its own "
+                    "--out; merge copies them into one run directory (rank 0's node holds "
+                    "run.jsonc) and records every rank's status.")
+    p.add_argument("sources", nargs="+", help="the run directory of each node (<out>/<name>)")
+    p.add_argument("--out", required=True, help="the merged run directory (must not exist)")
+    p.set_defaults(handler=_run_merge)
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    from profiler.merge import merge_runs
+
+    meta = merge_runs(args.sources, args.out)
+    d = meta["distributed"]
+    per = ", ".join(f"{r['rank']} {r['status'] or 'missing'}" for r in d["ranks"])
+    print(f"merged {len(args.sources)} director{'y' if len(args.sources) == 1 else 'ies'} "
+          f"-> {args.out}: {meta['status']}; ranks {per}")
+    return 0
+
+
 # --- entry point -------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m profiler", description=__doc__.splitlines()[0])
@@ -452,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile(sub)
     _add_report(sub)
     _add_claims(sub)
+    _add_merge(sub)
     return parser
 
 

@@ -172,6 +172,7 @@ class ProfileSession:
         self.workload: Any = None  # a Workload: step() plus optional members
         self.modules: ModuleScopes | None = None
         self.comm: CommTimer | None = None
+        self.span_base: int | None = None  # multi-rank: the traces' shared name stamp
         self._csv_written = time.monotonic()
         self._stop = StopSignals()
 
@@ -204,6 +205,10 @@ class ProfileSession:
         self.writer.create(o.overwrite)
         if ordered and o.rank_index == 0:
             dist.barrier()
+        if ordered:  # one trace name per window for every rank (TensorBoard's span)
+            from profiler.collect.distributed import broadcast
+
+            self.span_base = int(broadcast(time.time_ns() // 1000))
         config = {"preset": o.preset, "overrides": o.overrides, "variant": o.variant,
                   "pool": o.pool, "mode": o.mode, "workload": o.workload,
                   "model": self.config.to_dict() if hasattr(self.config, "to_dict")
@@ -252,14 +257,18 @@ class ProfileSession:
             self.writer.meta["versions"].update(driver=status.driver, nvml=status.nvml_version)
         if o.mode == "full":
             self.trace = TraceSession(o.traces_in, o.trace, self.device,
-                                      worker_name=f"rank{o.rank_index}")
+                                      worker_name=f"rank{o.rank_index}",
+                                      span_base=self.span_base)
             module = getattr(workload, "module", None)
             if module is not None:
                 self.modules = ModuleScopes(module, o.module_depth)
         ddp = getattr(workload, "ddp", None)
         if o.mode != "bare" and isinstance(ddp, torch.nn.parallel.DistributedDataParallel):
             self.comm = CommTimer()
-            self.comm.attach(ddp)
+            try:
+                self.comm.attach(ddp)
+            except (RuntimeError, ValueError):  # the model has its own hook already
+                self.comm = None
         self.writer.update(trace={"schedule": o.trace.to_json(), "files": []}
                            if o.mode == "full" else None)
         self.writer.write_run()

@@ -61,6 +61,9 @@ class TraceSession:
     schedule: TraceSchedule
     device: torch.device
     worker_name: str = WORKER_NAME
+    # None: traces named <worker>.<time ns> (torch's handler); else <worker>.<span_base +
+    # window> so that every rank of a run names a window alike (one TensorBoard span)
+    span_base: int | None = None
     files: list[str] = field(default_factory=list)
     probes: dict[str, dict[int, str]] = field(default_factory=dict)
     _prof: Any = None
@@ -112,6 +115,11 @@ class TraceSession:
         self.probes[name] = snap
 
     def _on_trace_ready(self, prof: Any) -> None:
+        if self.span_base is not None:
+            name = f"{self.worker_name}.{self.span_base + len(self.files)}.pt.trace.json.gz"
+            prof.export_chrome_trace(str(self.run_dir / name))
+            self.files.append(name)
+            return
         before = set(p.name for p in self.run_dir.iterdir())
         self._handler(prof)
         new = sorted(p.name for p in self.run_dir.iterdir()
