@@ -166,6 +166,8 @@ class Profile:
             status = found or "failed"
             if found is None:
                 error = {"type": type(exc).__name__, "message": str(exc)}
+        distributed = s.o.rank is not None and s.o.rank.distributed
+        guard = StopSignals().__enter__() if distributed else None  # see profiling.run_profile
         s._stop.__exit__(None, None, None)
         if s.modules is not None:
             s.modules.enable(False)
@@ -179,12 +181,13 @@ class Profile:
         s.end(status, error, at_failure, time.perf_counter() - self._t_start)
         from profiler.profiling import finish_ranks, postprocess
 
-        if s.o.rank is not None and s.o.rank.distributed:
-            with StopSignals():  # torchrun's stop request waits for the finishing
-                self.meta = postprocess(s)
-                finish_ranks(s, own_group=False)
-        else:
+        try:
             self.meta = postprocess(s)
+            if distributed:
+                finish_ranks(s, own_group=False)
+        finally:
+            if guard is not None:
+                guard.__exit__(None, None, None)
         self.status = status
 
     # --- the loop ---------------------------------------------------------------------------

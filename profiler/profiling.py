@@ -50,12 +50,14 @@ def run_profile(options: ProfileOptions, config: Any, device: torch.device,
                 log: TextIO | None = sys.stderr) -> dict[str, Any]:
     """Profile ``make_workload``'s workload into ``options.run_dir``; run.json's contents."""
     session = ProfileSession(options, config, device, make_workload, log=log)
-    session.run()
     if options.rank is None or not options.rank.distributed:
+        session.run()
         return postprocess(session)
-    # torchrun asks every rank to stop once one fails or on Ctrl-C, and kills them 30 s
-    # later: the finishing below is not cut short by that request.
+    # torchrun asks every rank to stop (SIGTERM) once one fails, or on Ctrl-C, and kills
+    # them 30 s later: the finishing is not cut short by that request (the session's own
+    # handler turns it into "interrupted" during the steps).
     with StopSignals():
+        session.run()
         meta = postprocess(session)
         finish_ranks(session, own_group=True)
     return meta

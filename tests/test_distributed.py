@@ -96,3 +96,76 @@ def test_two_ranks_make_one_complete_run(two_ranks):
     assert (two_ranks / "ranks/rank1/operators.csv").is_file()
     assert meta["trace"]["files"] == [found[0]["file"]]
     assert rank1["trace"]["files"] == [found[1]["file"]]
+
+
+def _start(args: list[str], **kw) -> subprocess.Popen:
+    return subprocess.Popen(args, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True, **kw)
+
+
+def _wait_for_rank_steps(run: Path, limit_s: float = 120.0) -> dict[int, int]:
+    """The pids of both ranks once both are past their setup (run.jsonc with trace key)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        pids = {}
+        for r, path in ((0, run / RUN_JSON), (1, run / "ranks/rank1" / RUN_JSON)):
+            try:
+                m = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if m["status"] == "running" and m["timings"].get("setup_s") is not None:
+                pids[r] = m["distributed"]["pid"]
+        if len(pids) == 2:
+            return pids
+        time.sleep(0.3)
+    raise AssertionError(f"the ranks of {run} did not start in {limit_s} s")
+
+
+def _finish(proc: subprocess.Popen, limit_s: float = 120.0) -> str:
+    try:
+        out, _ = proc.communicate(timeout=limit_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(f"torchrun did not end: {out[-3000:]}") from None
+    return out
+
+
+@pytest.mark.slow
+def test_a_killed_rank_fails_the_run_naming_it(tmp_path):
+    proc = _start(standalone(2, profile_args(tmp_path, "kill", "--mode", "light",
+                                             "--steps", "100000")))
+    run = tmp_path / "kill"
+    pids = _wait_for_rank_steps(run)
+    time.sleep(2.0)  # a few steps
+    os.kill(pids[1], signal.SIGKILL)
+    out = _finish(proc)
+    assert proc.returncode != 0
+    meta = meta_of(run)
+    assert meta["status"] == "failed", out[-3000:]
+    assert meta["error"]["rank"] == 1 and meta["error"]["message"].startswith("rank 1 ")
+    assert meta["distributed"]["failed_ranks"] == [1]
+    ranks = {r["rank"]: r for r in meta["distributed"]["ranks"]}
+    assert ranks[1]["error"]["type"] == "RankLost"
+    assert ranks[0]["status"] in ("failed", "interrupted")
+    steps = pd.read_csv(run / "steps.csv")  # rank 0's data kept
+    assert len(steps) >= 1 and (steps["rank"] == 0).all()
+    assert not _alive(pids[0]) and not _alive(pids[1])  # no process left behind
+
+
+@pytest.mark.slow
+def test_sigint_to_torchrun_interrupts_every_rank(tmp_path):
+    proc = _start(standalone(2, profile_args(tmp_path, "stop", "--mode", "light",
+                                             "--steps", "100000")))
+    run = tmp_path / "stop"
+    pids = _wait_for_rank_steps(run)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)  # torchrun alone, as Ctrl-C reaches it
+    out = _finish(proc)
+    meta = meta_of(run)
+    assert meta["status"] == "interrupted", out[-3000:]
+    statuses = [r["status"] for r in meta["distributed"]["ranks"]]
+    assert statuses == ["interrupted", "interrupted"], meta["distributed"]["ranks"]
+    assert len(pd.read_csv(run / "steps.csv")) >= 1
+    assert len(pd.read_csv(run / "ranks/rank1/steps.csv")) >= 1
+    assert not _alive(pids[0]) and not _alive(pids[1])

@@ -273,8 +273,9 @@ def combine(world_size: int, records: dict[int, dict[str, Any]],
     rank (killed or crashed). Status: ``complete`` only when every rank completed; else
     the rank that caused the end is named: a lost rank, then a rank failed (or out of
     memory) for its own reason, then one failed by a peer's error; ``interrupted`` when
-    the ranks that did not complete were interrupted. Returns {"status", "error",
-    "ranks", "failed_ranks", "missing_ranks"}."""
+    the ranks that did not complete were interrupted. Returns {"status", "error" (with
+    the culprit's "rank"), "ranks", "failed_ranks" (lost or failed for their own reason),
+    "missing_ranks" (no record found)}."""
     host = host or socket.gethostname()
     ranks = []
     for r in range(world_size):
@@ -300,7 +301,8 @@ def combine(world_size: int, records: dict[int, dict[str, Any]],
             return 3
         return 4  # interrupted
 
-    failed = [s["rank"] for s in bad if s["status"] in ("failed", "oom")]
+    # the ranks that failed for their own reason (not through a peer's failure)
+    failed = [s["rank"] for s in bad if culprit_order(s) <= 1]
     if not bad:
         status, error = "complete", None
         if missing:  # a peer we cannot see: its steps ran in lockstep (DDP), not its end
