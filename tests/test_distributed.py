@@ -169,3 +169,102 @@ def test_sigint_to_torchrun_interrupts_every_rank(tmp_path):
     assert len(pd.read_csv(run / "steps.csv")) >= 1
     assert len(pd.read_csv(run / "ranks/rank1/steps.csv")) >= 1
     assert not _alive(pids[0]) and not _alive(pids[1])
+
+
+@pytest.mark.slow
+def test_two_nodes_without_a_shared_file_system_then_merge(tmp_path):
+    port = free_port()
+    nodes = []
+    for k in (0, 1):
+        launch = [*TORCHRUN, "--nnodes", "2", "--node-rank", str(k), "--nproc-per-node", "1",
+                  "--master-addr", "127.0.0.1", "--master-port", str(port)]
+        nodes.append(_start([*launch, *profile_args(tmp_path / f"node{k}", "multi",
+                                                    "--steps", "6", "--trace-wait", "1",
+                                                    "--trace-warmup", "1",
+                                                    "--trace-active", "2")]))
+    outs = [_finish(p, 300) for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    node0, node1 = tmp_path / "node0/multi", tmp_path / "node1/multi"
+    # rank 0 knows every rank's end through the process group, not through files
+    assert not (node0 / "ranks").exists()
+    assert [r["status"] for r in meta_of(node0)["distributed"]["ranks"]] == ["complete"] * 2
+    assert not (node1 / RUN_JSON).exists() and (node1 / "ranks/rank1" / RUN_JSON).is_file()
+    merged = tmp_path / "merged"
+    proc = subprocess.run([sys.executable, "-m", "profiler", "merge", str(node0), str(node1),
+                           "--out", str(merged)], env=env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "complete; ranks 0 complete, 1 complete" in proc.stdout
+    meta = meta_of(merged)
+    assert meta["status"] == "complete" and meta["distributed"]["missing_ranks"] == []
+    assert sorted(traces(merged)) == [0, 1]
+    assert (merged / "ranks/rank1/steps.csv").is_file() and (merged / "steps.csv").is_file()
+    # a second merge into the same place, or a rank given twice, is refused
+    again = subprocess.run([sys.executable, "-m", "profiler", "merge", str(node0), str(node1),
+                            str(merged), "--out", str(tmp_path / "twice")], env=env(),
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "exactly one source" in again.stderr
+    assert not (tmp_path / "twice").exists()
+
+
+TENSORBOARD = Path(sys.executable).parent / "tensorboard"
+
+
+def _get(base: str, path: str, **params):
+    import urllib.parse
+    import urllib.request
+
+    query = ("?" + urllib.parse.urlencode(params)) if params else ""
+    with urllib.request.urlopen(base + path + query, timeout=10) as resp:
+        body = resp.read()
+        if resp.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        return json.loads(body)
+
+
+def _poll(fn, limit_s: float = 120.0):
+    import urllib.error
+
+    deadline, last = time.monotonic() + limit_s, None
+    while time.monotonic() < deadline:
+        try:
+            value = fn()
+            if value:
+                return value
+        except (urllib.error.URLError, ConnectionError, json.JSONDecodeError) as exc:
+            last = exc
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for TensorBoard ({last})")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not TENSORBOARD.exists(), reason="no tensorboard executable in this env")
+def test_tensorboard_lists_one_worker_per_rank_and_the_distributed_view(two_ranks):
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(TENSORBOARD), "--logdir", str(two_ranks.parent), "--host", "127.0.0.1",
+         "--port", str(port), "--load_fast", "false"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}/data/plugin/pytorch_profiler"
+    try:
+        runs = _poll(lambda: (lambda d: d if "two" in d["runs"] and not d["loading"] else None)(
+            _get(base, "/runs")))
+        assert runs["runs"] == ["two"]
+        views = _get(base, "/views", run="two")
+        assert "Distributed" in views and "Overview" in views, views
+        assert _get(base, "/workers", run="two", view="Overview") == ["rank0", "rank1"]
+        workers = _get(base, "/workers", run="two", view="Distributed")
+        assert workers == ["All"], workers
+        spans = _get(base, "/spans", run="two", worker="All")
+        ops = _get(base, "/distributed/commops", run="two", worker="All", span=spans[0])
+        assert sorted(ops["data"]) == ["rank0", "rank1"]  # per rank: its collectives
+        for table in ops["data"].values():
+            assert [row[0] for row in table["rows"]] == ["gloo:all_reduce"]
+            assert table["rows"][0][1] >= 2  # calls: one per traced step at least
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
