@@ -41,7 +41,8 @@ def metadata_diff(base: dict[str, Any], new: dict[str, Any]) -> pd.DataFrame:
 
 
 def comparability_problems(base: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Differences that make two runs not comparable: preset, device, lattice size.
+    """Differences that make two runs not comparable: preset, device, lattice size, number
+    of ranks (a 1-rank against an N-rank run is the scaling comparison, with --force).
 
     Each problem names the field and both values, e.g.
     ``"preset differs: debug vs experiment"``.
@@ -53,6 +54,8 @@ def comparability_problems(base: dict[str, Any], new: dict[str, Any]) -> list[st
         ("device type", _get(base, "device.type"), _get(new, "device.type")),
         ("device name", _get(base, "device.name"), _get(new, "device.name")),
         ("lattice (W x H x D)", _lattice(base), _lattice(new)),
+        ("world size (ranks)", _get(base, "distributed.world_size") or 1,
+         _get(new, "distributed.world_size") or 1),
     )
     for label, b, n in checks:
         if b != n:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from profiler.analyze import categories, metadata, metrics, nvml, operators
+from profiler.analyze import categories, metadata, metrics, nvml, operators, ranks
 from profiler.analyze.memory import memory_growth
 from profiler.analyze.stats import WORSE, StatsConfig
 from profiler.errors import NotComparableError
@@ -46,7 +46,21 @@ class Report:
     not_comparable: tuple[str, ...]  # problems overridden by force
     unrecorded: tuple[str, ...]  # metrics neither run recorded (left out of the summary)
     stats: StatsConfig
+    # multi-rank runs (analyze.ranks): side -> per-rank table, straggler verdict, top
+    # collectives; the 1-rank vs N-rank scaling figures (None for equal rank counts)
+    ranks: dict[str, pd.DataFrame] = field(default_factory=dict)
+    stragglers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    collectives: dict[str, pd.DataFrame] = field(default_factory=dict)
+    scaling: dict[str, Any] | None = None
 
+
+# Per-step metrics of multi-rank runs (analyze.ranks.per_step), gated.
+RANK_METRICS = (
+    metrics.MetricSpec("distributed", "communication share of step time", "comm_share_pct",
+                       "%", gated=True),
+    metrics.MetricSpec("distributed", "straggler ratio (slowest / median rank compute)",
+                       "straggler_ratio", "x", gated=True),
+)
 
 def build_report(base: Run, new: Run, config: ReportConfig) -> Report:
     """Compare ``base`` and ``new``; raises NotComparableError unless ``config.force``."""
@@ -71,6 +85,7 @@ def build_report(base: Run, new: Run, config: ReportConfig) -> Report:
                                    base_peaks),
             cats["base"], cats["new"], config.stats),
         _nvml_metrics(base, new, config.stats),
+        *_rank_metrics(base, new, config.stats),
     ], ignore_index=True)
     absent = summary["base"].isna() & summary["new"].isna()
     unrecorded = tuple(summary.loc[absent, "metric"])
@@ -79,6 +94,8 @@ def build_report(base: Run, new: Run, config: ReportConfig) -> Report:
     if problems:
         warnings.append("runs are not comparable (compared with --force): " + "; ".join(problems))
     b_traced, n_traced = _traced_steps(base.meta), _traced_steps(new.meta)
+    tables = {s: ranks.rank_table(r.rank_steps or {0: r.steps}, r.rank_records)
+              for s, r in runs.items()}
     return Report(
         names={s: r.name for s, r in runs.items()},
         paths={s: str(r.path) for s, r in runs.items()},
@@ -103,6 +120,10 @@ def build_report(base: Run, new: Run, config: ReportConfig) -> Report:
         not_comparable=tuple(problems),
         unrecorded=unrecorded,
         stats=config.stats,
+        ranks=tables,
+        stragglers={s: ranks.straggler(t) for s, t in tables.items()},
+        collectives={s: ranks.top_collectives(r.rank_operators) for s, r in runs.items()},
+        scaling=ranks.scaling(tables["base"], tables["new"]),
     )
 
 
@@ -135,6 +156,18 @@ def _nvml_metrics(base: Run, new: Run, stats: StatsConfig) -> pd.DataFrame:
         specs.append(metrics.MetricSpec("nvml", f"{label} [gpu {gpu}]", key, unit,
                                         statistic="max"))
     return metrics.compare_metrics(specs, tables["base"], tables["new"], stats)
+
+
+def _rank_metrics(base: Run, new: Run, stats: StatsConfig) -> list[pd.DataFrame]:
+    """Communication share (%) and straggler ratio per step, when a run has 2+ ranks."""
+    if max(len(base.rank_steps), len(new.rank_steps)) < 2:
+        return []
+    frames = {}
+    for side, run in (("base", base), ("new", new)):
+        f = ranks.per_step(run.rank_steps or {0: run.steps})
+        f["comm_share_pct"] = 100.0 * f["comm_share"]
+        frames[side] = f
+    return [metrics.compare_metrics(RANK_METRICS, frames["base"], frames["new"], stats)]
 
 
 def _traced_steps(meta: dict[str, Any]) -> int | None:

@@ -39,6 +39,15 @@ class Run:
     nvml: pd.DataFrame | None = None
     operators: pd.DataFrame | None = None
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    # every rank's steps.csv and operators.csv (rank 0: ``steps`` / ``operators``), and
+    # each rank's record (run.jsonc distributed.ranks; a one-process run: rank 0 only)
+    rank_steps: dict[int, pd.DataFrame] = field(default_factory=dict)
+    rank_operators: dict[int, pd.DataFrame | None] = field(default_factory=dict)
+    rank_records: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def world_size(self) -> int:
+        return int((self.meta.get("distributed") or {}).get("world_size") or 1)
 
     @property
     def name(self) -> str:
@@ -76,8 +85,29 @@ def load_run(path: Path | str, progress: Progress | None = None) -> Run:
                         + _error_suffix(meta))
     if not (steps["phase"] == "measured").any():
         warnings.append(f"run {meta['name']!s} has no measured steps (only warm-up)")
+    rank_steps, rank_operators = {0: steps}, {0: operators}
+    for rank, folder in rundir.rank_dirs(path).items():
+        if rank == 0:
+            continue
+        table = _read_table(folder / rundir.STEPS_CSV, rundir.STEPS_COLUMNS, say,
+                            optional=rundir.OPTIONAL_STEPS_COLUMNS)
+        if table is not None and not table.empty:
+            rank_steps[rank] = table
+        rank_operators[rank] = _read_table(folder / rundir.OPERATORS_CSV,
+                                           rundir.OPERATOR_COLUMNS, say)
+    info = meta.get("distributed") or {}
+    records = {int(r["rank"]): r for r in info.get("ranks") or [] if isinstance(r, dict)}
+    if not records:
+        records = {0: {"rank": 0, "host": meta.get("host"), "status": meta.get("status")}}
+    world = int(info.get("world_size") or 1)
+    absent = [r for r in range(world) if r not in rank_steps]
+    if absent:
+        warnings.append(f"run {meta['name']!s}: no steps.csv for rank(s) "
+                        f"{', '.join(map(str, absent))} (another node's files: python -m "
+                        f"profiler merge)")
     return Run(path=path, meta=meta, steps=steps, memory=memory, nvml=nvml,
-               operators=operators, warnings=tuple(warnings))
+               operators=operators, warnings=tuple(warnings), rank_steps=rank_steps,
+               rank_operators=rank_operators, rank_records=records)
 
 
 def _error_suffix(meta: dict[str, Any]) -> str:

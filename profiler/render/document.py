@@ -56,6 +56,7 @@ Block = Heading | Para | Alert | Table | Image
 SECTIONS = (
     ("time", "Step time"), ("throughput", "Throughput"), ("memory", "Memory (allocator)"),
     ("category", "Peak memory per category"), ("allocations", "Allocations per category"),
+    ("distributed", "Communication and balance across ranks (per step)"),
 )
 
 
@@ -84,6 +85,7 @@ def build_document(report: Report, plots: set[str], gate: float | None = None) -
             doc.append(Image("memory_over_steps", "Peak memory per region within each step"))
         if section == "category" and "category_peaks" in plots:
             doc.append(Image("category_peaks", "Peak memory per region category"))
+    doc += _ranks(report, plots)
     doc += _pool(report)
     doc += _nvml(report)
     doc += _growth(report)
@@ -160,6 +162,37 @@ def _summary_table(rows: pd.DataFrame) -> Table:
 def _frame_table(frame: pd.DataFrame, classes: list[str] | None = None) -> Table:
     rows = [["" if pd.isna(v) else str(v) for v in row] for row in frame.itertuples(index=False)]
     return Table([str(c) for c in frame.columns], rows, classes or [])
+
+
+def _ranks(report: Report, plots: set[str]) -> list[Block]:
+    """Per-rank figures of multi-rank runs (``profiler.render.ranks``)."""
+    from profiler.render import ranks
+
+    multi = [s for s in ("base", "new") if len(report.ranks.get(s, [])) >= 2]
+    if not multi and report.scaling is None:
+        return []
+    doc: list[Block] = [Heading(2, "Ranks")]
+    doc.append(Para("compute = step time - communication the rank waited for (after its "
+                    "backward finished); under DDP a straggler shows there, its peers wait "
+                    "in the all-reduce. comm share = all-reduce time / step time; overlap "
+                    "= part of the all-reduce that ran during backward compute."))
+    for side in ("base", "new"):
+        table = report.ranks.get(side)
+        if table is None or table.empty:
+            continue
+        doc += [Heading(3, f"{side}: {report.names[side]}"),
+                Table(ranks.RANK_HEADERS, ranks.rank_rows(table)),
+                Para(ranks.straggler_text(report.names[side], report.stragglers[side]))]
+        top = report.collectives.get(side)
+        if top is not None and not top.empty:
+            doc.append(Table(["collective (trace window)", "ranks", "calls", "total", "per call"],
+                             [[r.name, str(r.ranks), str(r.calls), fmt_value(r.total_ms, "ms"),
+                               fmt_value(r.ms_per_call, "ms")] for r in top.itertuples()]))
+    if "ranks" in plots:
+        doc.append(Image("ranks", "Median compute and communication wait per rank"))
+    if report.scaling is not None:
+        doc.append(Para(ranks.scaling_text(report.scaling, report.names)))
+    return doc
 
 
 def _pool(report: Report) -> list[Block]:

@@ -110,4 +110,7 @@ def report_plots(report) -> dict[str, bytes]:
         "step_time": step_time_distribution(report.step_times, report.names),
         "category_peaks": category_peak_bars(report.peaks, report.names),
     }
+    from profiler.render.ranks import rank_plot
+
+    plots["ranks"] = rank_plot(getattr(report, "ranks", {}), report.names)
     return {name: png for name, png in plots.items() if png is not None}
