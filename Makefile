@@ -11,6 +11,7 @@ BASE    ?=
 NEW     ?=
 FAIL    ?=
 PORT    ?= 6006
+NPROC   ?= 1
 export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: setup test train learn curves profile report claims tensorboard lint bench gpu-check clean
@@ -67,8 +68,12 @@ curves: .venv/.installed
 	$(PY) -m energy_flow curves debug=runs/learn-debug.jsonl \
 		experiment=runs/learn-experiment.jsonl --out docs/learning_curves.png
 
+# Launched through torchrun: NPROC ranks on this machine (DistributedDataParallel, gloo on
+# CPU, NCCL on CUDA), one run directory for all of them; the cores shared between ranks.
+profile: export OMP_NUM_THREADS := $(shell n=$$(( $$(nproc) / $(NPROC) )); [ $$n -ge 1 ] || n=1; echo $$n)
 profile: .venv/.installed
-	$(PY) -m profiler profile --preset $(PRESET) $(if $(STEPS),--steps $(STEPS)) \
+	$(PY) -m torch.distributed.run --standalone --nproc-per-node $(NPROC) \
+		-m profiler profile --preset $(PRESET) $(if $(STEPS),--steps $(STEPS)) \
 		$(if $(NAME),--name $(NAME)) --variant $(VARIANT) --pool $(POOL) \
 		--device $(DEVICE) --mode $(MODE)
 

@@ -74,7 +74,7 @@ class EnergyFlowWorkload:
             ids = [device.index or 0] if device.type == "cuda" else None
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.trainer.model,
                                                                  device_ids=ids)
-            self.trainer.model = self.ddp
+            self.trainer.model = self.ddp  # type: ignore[assignment]  # same interface
 
     def step(self, index: int, on_phase: PhaseCallback | None) -> dict[str, Any]:
         shard = index * self.world_size + self.rank
