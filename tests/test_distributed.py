@@ -268,3 +268,58 @@ def test_tensorboard_lists_one_worker_per_rank_and_the_distributed_view(two_rank
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.slow
+def test_a_user_script_with_profiler_profile_under_torchrun(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "examples" / "ddp_mlp.py"
+    run = tmp_path / "mine"
+    proc = subprocess.run(standalone(2, [str(script), str(run), "8"]), env=env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = meta_of(run)
+    assert meta["status"] == "complete"
+    assert meta["distributed"]["launcher"] == "torchrun"
+    assert [r["status"] for r in meta["distributed"]["ranks"]] == ["complete", "complete"]
+    assert sorted(traces(run)) == [0, 1]
+    for r, path in ((0, run / "steps.csv"), (1, run / "ranks/rank1/steps.csv")):
+        s = pd.read_csv(path)
+        assert (s["rank"] == r).all() and len(s) == 8 and (s["comm_calls"] >= 1).all()
+
+
+def test_the_report_shows_per_rank_figures_and_a_same_run_stays_within_noise(two_ranks,
+                                                                              tmp_path):
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "profiler", "report", str(two_ranks),
+                           str(two_ranks), "--out", str(out), "--fail-on-regression", "5%"],
+                          env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    md = (out / "report.md").read_text()
+    assert "## Ranks" in md and "| gloo:all_reduce | 2 |" in md
+    assert (out / "plots" / "ranks.png").stat().st_size > 0
+    summary = pd.read_csv(out / "summary.csv")
+    rows = summary[summary["section"] == "distributed"].set_index("metric")
+    share = rows.loc["communication share of step time"]
+    assert share["gated"] and share["verdict"] == "within noise" and share["base"] > 0
+    ratio = rows.loc["straggler ratio (slowest / median rank compute)"]
+    assert ratio["gated"] and ratio["verdict"] == "within noise" and ratio["base"] >= 1.0
+    for rank in (0, 1):
+        assert f"\n| {rank} | " in md  # a per-rank row
+
+
+def test_one_rank_against_two_needs_force_and_gives_the_scaling(two_ranks, tmp_path):
+    one = tmp_path / "one"
+    proc = subprocess.run(standalone(1, profile_args(tmp_path, "one", "--steps", "8",
+                                                     "--warmup", "2", "--mode", "light")),
+                          env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert meta_of(one)["distributed"]["world_size"] == 1
+    report = [sys.executable, "-m", "profiler", "report", str(one), str(two_ranks),
+              "--out", str(tmp_path / "r")]
+    refused = subprocess.run(report, env=env(), capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "world size (ranks) differs: 1 vs 2" in refused.stderr
+    forced = subprocess.run([*report, "--force"], env=env(), capture_output=True, text=True,
+                            timeout=300)
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "scaling efficiency" in md and "(1 rank(s)) -> two (2 ranks)" in md
