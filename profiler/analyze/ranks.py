@@ -21,6 +21,8 @@ comm_ms            median time in DDP's gradient all-reduce per step (ms)
 comm_share_pct     sum of comm_ms / sum of wall_ms over the steps (%)
 overlap_pct        part of comm_ms that overlapped backward compute (%):
                    1 - comm_exposed_ms / comm_ms over the steps
+trace_comm_ms      time in collective operators (gloo:* / nccl:*) per traced step,
+                   from the trace window (operators.csv; ms)
 flow_steps         mean flow-steps per step (energy_flow's work per rank; empty
                    for workloads that do not report flows)
 samples            mean samples per step
@@ -42,7 +44,7 @@ from profiler.analyze.metrics import step_samples
 # run has a straggler.
 STRAGGLER_THRESHOLD = 1.10
 RANK_COLUMNS = ("rank", "host", "status", "steps", "step_ms", "compute_ms", "comm_ms",
-                "comm_share_pct", "overlap_pct", "flow_steps", "samples", "peak_bytes",
+                "comm_share_pct", "overlap_pct", "trace_comm_ms", "flow_steps", "samples", "peak_bytes",
                 "rss_bytes")
 COLLECTIVE_PREFIXES = ("gloo:", "nccl:")
 COLLECTIVE_COLUMNS = ("name", "ranks", "calls", "total_ms", "ms_per_call")
@@ -63,9 +65,12 @@ def with_compute(samples: pd.DataFrame) -> pd.DataFrame:
 
 
 def rank_table(rank_steps: dict[int, pd.DataFrame],
-               records: dict[int, dict[str, Any]] | None = None) -> pd.DataFrame:
+               records: dict[int, dict[str, Any]] | None = None,
+               rank_operators: dict[int, pd.DataFrame | None] | None = None,
+               traced_steps: int | None = None) -> pd.DataFrame:
     """One row per rank (columns: module docstring)."""
     rows = []
+    operators = rank_operators or {}
     for rank, steps in sorted(rank_steps.items()):
         s = with_compute(step_samples(steps))
         rec = (records or {}).get(rank) or {}
@@ -79,10 +84,20 @@ def rank_table(rank_steps: dict[int, pd.DataFrame],
             else np.nan,
             "overlap_pct": 100.0 * (1.0 - exposed.sum() / comm.sum())
             if has_comm and comm.sum() > 0 else np.nan,
+            "trace_comm_ms": _trace_comm(operators.get(rank), traced_steps),
             "flow_steps": _col(s, "flow_steps").mean(), "samples": _col(s, "samples").mean(),
             "peak_bytes": _col(steps, "peak_bytes").max(), "rss_bytes": _col(steps, "rss_bytes").max(),
         })
     return pd.DataFrame(rows, columns=list(RANK_COLUMNS))
+
+
+def _trace_comm(ops: pd.DataFrame | None, traced_steps: int | None) -> float:
+    if ops is None or ops.empty or not traced_steps:
+        return np.nan
+    mine = ops[ops["name"].astype(str).str.startswith(COLLECTIVE_PREFIXES)]
+    device = pd.to_numeric(mine["total_device_us"], errors="coerce").fillna(0.0)
+    host = pd.to_numeric(mine["total_us"], errors="coerce").fillna(0.0)
+    return float(device.where(device > 0, host).sum()) / 1e3 / traced_steps
 
 
 def straggler(table: pd.DataFrame, threshold: float = STRAGGLER_THRESHOLD) -> dict[str, Any]:

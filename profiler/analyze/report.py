@@ -94,8 +94,9 @@ def build_report(base: Run, new: Run, config: ReportConfig) -> Report:
     if problems:
         warnings.append("runs are not comparable (compared with --force): " + "; ".join(problems))
     b_traced, n_traced = _traced_steps(base.meta), _traced_steps(new.meta)
-    tables = {s: ranks.rank_table(r.rank_steps or {0: r.steps}, r.rank_records)
-              for s, r in runs.items()}
+    traced = {"base": b_traced, "new": n_traced}
+    tables = {s: ranks.rank_table(r.rank_steps or {0: r.steps}, r.rank_records,
+                                  r.rank_operators, traced[s]) for s, r in runs.items()}
     return Report(
         names={s: r.name for s, r in runs.items()},
         paths={s: str(r.path) for s, r in runs.items()},

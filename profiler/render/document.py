@@ -174,8 +174,11 @@ def _ranks(report: Report, plots: set[str]) -> list[Block]:
     doc: list[Block] = [Heading(2, "Ranks")]
     doc.append(Para("compute = step time - communication the rank waited for (after its "
                     "backward finished); under DDP a straggler shows there, its peers wait "
-                    "in the all-reduce. comm share = all-reduce time / step time; overlap "
-                    "= part of the all-reduce that ran during backward compute."))
+                    "in the all-reduce. comm = DDP's gradient all-reduce per step (timed by a "
+                    "communication hook, untraced steps); comm share = all-reduce time / "
+                    "step time; overlap = part of the all-reduce that ran during backward "
+                    "compute; comm (trace) = collective operators per traced step in the "
+                    "trace window."))
     for side in ("base", "new"):
         table = report.ranks.get(side)
         if table is None or table.empty:
