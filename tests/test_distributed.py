@@ -323,3 +323,30 @@ def test_one_rank_against_two_needs_force_and_gives_the_scaling(two_ranks, tmp_p
     assert forced.returncode == 0, forced.stderr[-3000:]
     md = (tmp_path / "r" / "report.md").read_text()
     assert "scaling efficiency" in md and "(1 rank(s)) -> two (2 ranks)" in md
+
+
+@pytest.mark.slow
+def test_a_hung_rank_times_the_collectives_out_instead_of_waiting_forever(tmp_path):
+    proc = subprocess.Popen(
+        standalone(2, profile_args(tmp_path, "hang", "--mode", "light", "--steps", "100000",
+                                   "--collective-timeout", "5")),
+        env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    run = tmp_path / "hang"
+    pids = _wait_for_rank_steps(run)
+    time.sleep(1.0)
+    os.kill(pids[1], signal.SIGSTOP)  # rank 1 hangs: rank 0's all-reduce waits for it
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "ranks" not in meta_of(run)["distributed"]:
+            time.sleep(0.5)
+        meta = meta_of(run)
+    finally:
+        os.kill(pids[1], signal.SIGCONT)
+        out = _finish(proc)
+    assert meta["status"] == "failed", out[-3000:]
+    assert meta["distributed"]["timeout_s"] == 5.0
+    ranks = {r["rank"]: r for r in meta["distributed"]["ranks"]}
+    assert ranks[0]["status"] == "failed"  # its collective timed out after 5 s
+    assert meta["error"]["rank"] == 1 and meta["distributed"]["failed_ranks"] == [1]
+    assert not _alive(pids[0]) and not _alive(pids[1])

@@ -100,6 +100,14 @@ def test_the_run_names_the_lost_rank_not_the_peer_that_failed_through_it():
            1: {"rank": 1, "status": "failed", "error": {"type": "DistBackendError",
                                                           "message": "peer"}}}
     assert combine(2, own)["error"]["rank"] == 0
+    # a rank still running (alive) when its peer's collective timed out: it hung
+    hung = {0: {"rank": 0, "host": host, "pid": os.getpid(), "status": "failed",
+                "error": {"type": "DistBackendError", "message": "Timed out waiting"}},
+            1: {"rank": 1, "host": host, "pid": os.getpid(), "status": "running"}}
+    out = combine(2, hung, host=host)
+    assert out["status"] == "failed" and out["failed_ranks"] == [1]
+    assert out["error"]["type"] == "RankNotResponding"
+    assert out["error"]["message"].startswith("rank 1 did not respond")
 
 
 def test_comm_timer_unions_overlapping_buckets():

@@ -275,7 +275,9 @@ def combine(world_size: int, records: dict[int, dict[str, Any]],
     memory) for its own reason, then one failed by a peer's error; ``interrupted`` when
     the ranks that did not complete were interrupted. Returns {"status", "error" (with
     the culprit's "rank"), "ranks", "failed_ranks" (lost or failed for their own reason),
-    "missing_ranks" (no record found)}."""
+    "missing_ranks" (no record found)}. A rank still running when the others ended (a
+    hung rank: its peers' collectives timed out) comes after a failure of its own and
+    before a failure caused by a peer."""
     host = host or socket.gethostname()
     ranks = []
     for r in range(world_size):
@@ -295,31 +297,38 @@ def combine(world_size: int, records: dict[int, dict[str, Any]],
             return 0
         if s["status"] in ("failed", "oom") and not _peer_error(s.get("error")):
             return 1
-        if s["status"] in ("failed", "oom"):
+        if s["status"] == "running":  # still running when its peers ended: hung
             return 2
-        if s["status"] == "running":
+        if s["status"] in ("failed", "oom"):
             return 3
         return 4  # interrupted
 
-    # the ranks that failed for their own reason (not through a peer's failure)
-    failed = [s["rank"] for s in bad if culprit_order(s) <= 1]
-    if not bad:
+    if not bad:  # (a rank without a record here is listed in missing_ranks)
         status, error = "complete", None
-        if missing:  # a peer we cannot see: its steps ran in lockstep (DDP), not its end
-            error = None
     else:
         first = sorted(bad, key=lambda s: (culprit_order(s), s["rank"]))[0]
-        if first["status"] in ("interrupted", "running"):
+        failed_peers = any(s["status"] in ("failed", "oom") for s in bad)
+        if first["status"] == "running":
+            status = "failed" if failed_peers else "interrupted"
+            first["error"] = {"type": "RankNotResponding", "message": f"rank {first['rank']} "
+                              f"was still running when the other ranks had ended"}
+        elif first["status"] == "interrupted":
             status = "interrupted"
         else:
             status = first["status"]
         err = first.get("error") or {}
         others = [s["rank"] for s in bad if s is not first]
         tail = f" (also not complete: rank {', '.join(map(str, others))})" if others else ""
+        what = "was lost" if first.get("lost") else (
+            "did not respond" if first["status"] == "running" else first["status"])
         error = {"type": err.get("type") or "RankFailed",
-                 "message": f"rank {first['rank']} {first['status'] if not first.get('lost') else 'was lost'}: "
+                 "message": f"rank {first['rank']} {what}: "
                             f"{err.get('message') or 'no error recorded'}{tail}",
                  "rank": first["rank"]}
+    # the ranks that failed for their own reason (lost, own error, hung), not by a peer
+    failed = [s["rank"] for s in bad if culprit_order(s) <= 1]
+    if bad and first["status"] == "running" and status == "failed":
+        failed.append(first["rank"])
     for s in ranks:
         s.pop("lost", None)
     return {"status": status, "error": error, "ranks": ranks, "failed_ranks": failed,
