@@ -253,7 +253,7 @@ def _profile_summary(meta: dict) -> str:
     if d.get("ranks"):
         per = ", ".join(f"{r['rank']} {r['status'] or 'no record'}" for r in d["ranks"])
         lines.append(f"ranks: {d['world_size']} ({d['backend']}, {d['launcher']}): {per}")
-    elif d:
+    elif d and d.get("world_size", 1) > 1:
         lines.append(f"rank {d['rank']} of {d['world_size']} ({d['backend']}): this rank's "
                      f"files in {'the run directory' if d['rank'] == 0 else 'ranks/'}")
     nv = meta.get("nvml") or {}
