@@ -234,7 +234,8 @@ class ProfileSession:
         """(status, error, memory state) for an exception that ended the steps; status None
         for one that is not the run's to record (SystemExit, GeneratorExit)."""
         error = {"type": type(exc).__name__, "message": str(exc)}
-        if self._stop.signame is not None and isinstance(exc, Exception):
+        if (self._stop.signame is not None and isinstance(exc, Exception)
+                and not isinstance(exc, StopRequested)):
             # stopped by a signal: a collective that failed meanwhile (a peer that
             # stopped first) does not make this rank failed
             error = {"type": "StopRequested", "message": f"stopped by {self._stop.signame} "
