@@ -25,8 +25,8 @@ from typing import Any, TextIO
 import pandas as pd
 import torch
 
-from profiler.collect.failure import failure_status
 from profiler.collect.distributed import CommTimer, RankInfo
+from profiler.collect.failure import failure_status
 from profiler.collect.modules import ModuleScopes
 from profiler.collect.nvml import NvmlConfig, NvmlSampler
 from profiler.collect.signals import StopRequested, StopSignals
