@@ -154,13 +154,17 @@ def test_a_killed_rank_fails_the_run_naming_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigint_to_torchrun_interrupts_every_rank(tmp_path):
+@pytest.mark.parametrize("target", ["torchrun", "group"])
+def test_sigint_to_torchrun_interrupts_every_rank(tmp_path, target):
     proc = _start(standalone(2, profile_args(tmp_path, "stop", "--mode", "light",
                                              "--steps", "100000")))
     run = tmp_path / "stop"
     pids = _wait_for_rank_steps(run)
     time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)  # torchrun alone, as Ctrl-C reaches it
+    if target == "torchrun":
+        proc.send_signal(signal.SIGINT)  # torchrun alone (it forwards the signal)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: torchrun and the ranks
     out = _finish(proc)
     meta = meta_of(run)
     assert meta["status"] == "interrupted", out[-3000:]
