@@ -105,13 +105,14 @@ class Profile:
         if model is not None and not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         run_dir = Path(run_dir)
-        if run_dir.exists() and not overwrite:
-            raise FileExistsError(f"run directory {run_dir} already exists "
+        rank = rank_of_group(rank_from_env())
+        mine = rank_dir(run_dir, rank.rank) if rank is not None else run_dir  # under torchrun
+        if mine.exists() and not overwrite:
+            raise FileExistsError(f"run directory {mine} already exists "
                                   f"(overwrite=True replaces it)")
         self.device = _device_of(model, device)
-        rank = rank_of_group(rank_from_env())
         self.options = ProfileOptions(
-            run_dir=rank_dir(run_dir, rank.rank) if rank is not None else run_dir,
+            run_dir=mine,
             trace_dir=run_dir if rank is not None and rank.distributed else None,
             rank=rank, name=name or run_dir.name, preset=None, variant=None, pool="off",
             mode=mode, steps=0, warmup=warmup, monitor_interval=monitor_interval,
