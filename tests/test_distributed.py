@@ -311,6 +311,7 @@ def test_the_report_shows_per_rank_figures_and_a_same_run_stays_within_noise(two
         assert f"\n| {rank} | " in md  # a per-rank row
 
 
+@pytest.mark.slow
 def test_one_rank_against_two_needs_force_and_gives_the_scaling(two_ranks, tmp_path):
     one = tmp_path / "one"
     proc = subprocess.run(standalone(1, profile_args(tmp_path, "one", "--steps", "8",
