@@ -9,12 +9,13 @@ DEVICE  ?= auto
 MODE    ?= full
 BASE    ?=
 NEW     ?=
+RUN     ?=
 FAIL    ?=
 PORT    ?= 6006
 NPROC   ?= 1
 export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: setup test train learn curves profile report claims tensorboard lint bench gpu-check clean
+.PHONY: setup test train learn curves profile report claims view tensorboard lint bench gpu-check clean
 
 TORCH_VERSION := 2.13.0
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
@@ -80,6 +81,10 @@ profile: .venv/.installed
 report: .venv/.installed
 	@test -n "$(BASE)" -a -n "$(NEW)" || { echo "usage: make report BASE=runs/<a> NEW=runs/<b> [FAIL=5%]"; exit 2; }
 	$(PY) -m profiler report $(BASE) $(NEW) $(if $(FAIL),--fail-on-regression $(FAIL))
+
+view: .venv/.installed
+	@test -n "$(RUN)" || { echo "usage: make view RUN=runs/<name>"; exit 2; }
+	$(PY) -m profiler view $(RUN)
 
 claims: .venv/.installed
 	$(PY) -m profiler claims --device $(DEVICE)

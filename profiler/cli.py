@@ -228,9 +228,11 @@ def _profile_summary(meta: dict) -> str:
     lines = [f"run: {meta['status']}  {meta['steps_completed']}/{meta['steps_requested']} steps"
              f"  device {meta['device']['type']}  mode {meta['config']['mode']}"]
     if t.get("step_ms_median") is not None:
-        rate = "" if t.get("samples_per_s") is None else f", {t['samples_per_s']:.1f} samples/s"
-        lines.append(f"step time: median {t['step_ms_median']:.1f} ms{rate} "
-                     f"(warm-up and traced steps excluded)")
+        tp = t.get("samples_per_s")
+        lines.append(f"step time: median {t['step_ms_median']:.1f} ms, "
+                     + ("" if tp is None else f"{tp:.1f} samples/s, ")
+                     + f"over {t.get('measured_steps')} measured steps "
+                     f"({t.get('measured_rule', 'warm-up and traced steps out')})")
     if t.get("traced_step_ms_median") is not None:
         lines.append(f"traced steps: median {t['traced_step_ms_median']:.1f} ms")
     if t.get("overhead"):
@@ -256,6 +258,9 @@ def _profile_summary(meta: dict) -> str:
     elif d and d.get("world_size", 1) > 1:
         lines.append(f"rank {d['rank']} of {d['world_size']} ({d['backend']}): this rank's "
                      f"files in {'the run directory' if d['rank'] == 0 else 'ranks/'}")
+    load = meta.get("host_load") or {}
+    if load.get("under_load"):
+        lines.append("WARNING: measured under load: " + "; ".join(load["under_load_reasons"]))
     nv = meta.get("nvml") or {}
     lines.append("nvml: sampled" if nv.get("available") else f"nvml: {nv.get('reason')}")
     if meta.get("error"):
@@ -467,6 +472,28 @@ def _run_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- view ----------------------------------------------------------------------------------
+def _add_view(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("view", help="write one self-contained HTML page of a run (offline)",
+                       description="Write <run>/view.html: memory timeline of the trace window "
+                                   "stacked by category, step times, top operators, NVML. "
+                                   "No network needed to open it.")
+    p.add_argument("run", help="run directory (e.g. runs/<name>)")
+    p.add_argument("--out", default=None, help="output file (default <run>/view.html)")
+    p.set_defaults(handler=_run_view)
+
+
+def _run_view(args: argparse.Namespace) -> int:
+    from profiler.render.viewer import write_view
+
+    try:
+        path = write_view(args.run, args.out)
+    except OSError as exc:
+        raise UsageError(f"cannot write the view: {exc}") from None
+    print(path)
+    return 0
+
+
 # --- entry point -------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m profiler", description=__doc__.splitlines()[0])
@@ -475,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_claims(sub)
     _add_merge(sub)
+    _add_view(sub)
     return parser
 
 

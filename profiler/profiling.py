@@ -4,7 +4,8 @@
 writes the raw files and a valid run.json with the status), then ``postprocess(session)``
 adds what is derived from them: the trace window's allocations.csv, operators.csv and
 memory_by_category.csv (``analyze.window`` on ``parse.trace`` frames), the pool view, the
-timings and memory-growth summaries in run.json (``analyze.timings``, ``analyze.memory``),
+timings and memory-growth summaries in run.json over the measured steps
+(``analyze.steps`` through ``analyze.timings``, ``analyze.memory``),
 and the TensorBoard scalars (``render.scalars``). ``profiler.profile(...)`` (a user's own
 loop) ends through the same ``postprocess``. Whatever fails here is recorded in run.json's
 ``finalize_errors``; the status stays what collection saw.
@@ -19,6 +20,7 @@ from typing import Any, TextIO
 
 import torch
 
+from profiler.analyze import steps as step_rules
 from profiler.analyze.memory import memory_growth, pool_rows
 from profiler.analyze.timings import step_timings
 from profiler.analyze.window import window_tables
@@ -114,12 +116,13 @@ def postprocess(session: ProfileSession) -> dict[str, Any]:
         attempt("categories", lambda: writer.write_csv(MEMORY_BY_CATEGORY_CSV, category_rows,
                                                        MEMORY_COLUMNS))
     rows = list(session.rows)
+    # one definition of the measured steps and of throughput (profiler.analyze.steps)
     writer.meta["timings"].update(step_timings(rows, o.measure_overhead))
     if rows:
-        steps = session.rows.frame((*STEPS_COLUMNS, "instrumented"))
-        if o.measure_overhead:
-            steps = steps[steps["instrumented"] == 1]
-        writer.update(memory_growth=memory_growth(steps))
+        steps = session.rows.frame((*STEPS_COLUMNS, "traced", "instrumented"))
+        if not o.measure_overhead:  # as analyze.timings.steps_frame: bare rows are samples
+            steps = steps.drop(columns="instrumented")
+        writer.update(memory_growth=memory_growth(steps[step_rules.measured_mask(steps)]))
     if o.mode != "bare":
         attempt("scalars", lambda: _scalars(session, rows, category_rows))
     if problems:
@@ -168,5 +171,6 @@ def _scalars(session: ProfileSession, rows: list[dict[str, Any]],
         scalars.steps(rows)
         scalars.categories(category_rows)
         scalars.nvml(session.nvml.rows())
+        scalars.summary(session.writer.meta["timings"], len(rows))
     finally:
         scalars.close()

@@ -55,9 +55,11 @@ STEPS_COLUMNS = (
     "loss",
     "skipped",          # 1 when the step was skipped as non-finite
     "samples",          # samples in the batch (energy_flow: embeddings)
-    "allocated_bytes",  # allocator: currently allocated at the end of the step
-    "reserved_bytes",   # allocator: reserved (CUDA caching allocator; = allocated on CPU)
-    "peak_bytes",       # allocator: peak allocated during the step
+    "allocated_bytes",  # tensor bytes live at the end of the step (CUDA: caching allocator;
+                        # CPU: the counting tensor allocator, collect.tensor_counter, from the
+                        # run's start: the workload's tensors, never the process heap)
+    "reserved_bytes",   # CUDA caching allocator reserve; empty on CPU (no such thing)
+    "peak_bytes",       # highest tensor bytes live during the step (peak reset each step)
     "rss_bytes",        # process resident set size at the end of the step
 )
 
@@ -76,7 +78,11 @@ OPTIONAL_STEPS_COLUMNS = (
 COLLECTOR_STEPS_COLUMNS = (
     "end_ts",           # step end, seconds since the epoch
     "traced",           # 1 when torch.profiler was warming up or recording during the step
-                        # (slower: kept out of the step-time statistics)
+                        # (slower: kept out of the step-time statistics, analyze.steps)
+    "alloc_count",      # tensor allocations made during the step (deterministic for a seed)
+    "alloc_bytes",      # their bytes
+    "heap_bytes",       # glibc mallinfo2 bytes in use: every C allocation of the process,
+                        # profiler buffers included (context only, not model memory)
     "instrumented",     # --measure-overhead only: 1 instrumented, 0 bare step
 )
 
@@ -118,6 +124,9 @@ ALLOCATION_COLUMNS = (
     "region",           # innermost energy_flow record_function scope, or "other"
     "role",             # tensor role where known, else empty
 )
+# allocations.csv column after ALLOCATION_COLUMNS: owner_region = the region owning the
+# block (a free is charged to its allocation's region; what the viewer stacks).
+ALLOCATION_EXTRA_COLUMNS = ("owner_region",)
 
 # nvml.csv: one row per sample and GPU. Unsupported metrics stay empty.
 NVML_COLUMNS = (
@@ -216,22 +225,27 @@ def trace_files(run_dir: Path | str) -> list[Path]:
 #   command (argv list), config ({"preset", "overrides", "variant", "pool", "mode",
 #   "workload", "model": EnergyConfig.to_dict() or the user's config}), seeds ({"model",
 #   "data", "torch"}), versions ({"python", "torch", "cuda", "cudnn", "driver", "nvml"}),
-#   device ({"type", "name", "total_memory_bytes", "allocator_stats"}), host, git_revision,
+#   device ({"type", "name", "total_memory_bytes", "allocator_stats", "autocast"; CPU:
+#   "cpu_model", "allocator_stats_unavailable" when the tensor counter could not load}),
+#   host, git_revision,
 #   started_at, ended_at (ISO 8601 UTC), steps_requested (null for a user loop),
 #   steps_completed, warmup_steps, nvml ({"available": bool, "reason": str|null,
 #   "interval_s"}), trace ({"schedule": {"wait", "warmup", "active", "repeat"},
-#   "files": [...]}), attribution (the region sum check: "device", "events",
+#   "files": [...], "heap_trimmed": malloc_trim gave heap back after the window}),
+#   attribution (the region sum check: "device", "events",
 #   "sum_categories_bytes", "allocator_total_bytes", "tolerance_bytes", "ok",
 #   "by_category", "view", "scopes" {"region_prefix", "regions", "modules"},
 #   "module_depth"), timings ({"setup_s", "total_s", "trace_postprocess_s",
 #   "step_ms_median", "step_ms_mean", "traced_step_ms_median", "samples_per_s",
-#   "overhead"}), memory_growth (analyze.memory.memory_growth), environment
-#   (ENVIRONMENT variables that change speed or memory), distributed (null for one
-#   process; else {"rank", "local_rank", "world_size", "backend", "launcher",
+#   "measured_steps", "measured_rule" (analyze.steps: the one definition of measured steps
+#   and throughput), "overhead"}), memory_growth (analyze.memory.memory_growth over the
+#   measured steps), environment (ENVIRONMENT variables that change speed or memory),
+#   distributed (null for one process; else {"rank", "local_rank", "world_size", "backend", "launcher",
 #   "timeout_s", "host", "pid", "device"} and, in rank 0's run.jsonc once the run ended,
 #   "ranks": [{"rank", "host", "device", "status", "error"}], "failed_ranks",
 #   "missing_ranks"; the top-level status is then the whole run's: complete only when
-#   every rank completed).
+#   every rank completed), host_load (collect.hostload.HostLoad.end: CPU model, threads, governor, load before /
+#   during / after, other_busy_cores, under_load; null until the run ends).
 # Only on some runs: memory_at_failure (failed / oom: allocator state),
 #   finalize_errors (what could not be written while finishing), memory_history (CUDA:
 #   the allocation-history recording, collect.stats.CudaSnapshot.to_json).
@@ -239,6 +253,6 @@ RUN_JSON_KEYS = (
     "schema_version", "name", "status", "error", "command", "config", "seeds", "versions",
     "device", "host", "git_revision", "started_at", "ended_at", "steps_requested",
     "steps_completed", "warmup_steps", "nvml", "trace", "attribution", "timings",
-    "memory_growth", "environment", "distributed",
+    "memory_growth", "environment", "distributed", "host_load",
 )
 OPTIONAL_RUN_JSON_KEYS = ("memory_at_failure", "finalize_errors", "memory_history")

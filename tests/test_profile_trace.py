@@ -96,8 +96,10 @@ def test_window_tables_roles_and_per_step_categories(traced):
     session, workload = traced["session"], traced["workload"]
     tables = window_tables([traced["frames"]], session.probes, "cpu", 0, RULES)
     alloc = tables.allocations
-    assert list(alloc.columns) == list(ALLOCATION_COLUMNS)
+    assert list(alloc.columns) == [*ALLOCATION_COLUMNS, "owner_region"]
     assert set(alloc["role"]) <= set(TENSOR_ROLES)
+    # a free is charged to the region of the allocation it releases
+    assert set(alloc["owner_region"]) <= set(alloc["region"]) | {"other"}
     # gradients are re-created every step (zero_grad(set_to_none=True)): one per trainable
     # parameter, with the parameter's size
     trainable = [p for p in workload.trainer.model.parameters() if p.requires_grad]

@@ -150,10 +150,13 @@ def test_compare_metrics_exact_rows():
     by = table.set_index("metric")
     assert by.loc["samples per second", "ratio"] == 0.5
     assert by.loc["samples per second", "verdict"] == WORSE  # higher is better
-    peak = by.loc["peak allocated"]  # max over steps 1000..1005: identical in both runs
-    assert (peak["base"], peak["new"], peak["ratio"], peak["verdict"]) == (1005, 1005, 1.0, NOISE)
-    assert math.isnan(peak["ci_low"]) and peak["noise_pct"] == 2.0
-    assert (by.loc["peak allocated", "n_base"], by.loc["peak allocated", "n_new"]) == (6, 6)
+    peak = by.loc["peak tensor memory"]  # max over steps 1000..1005: identical in both runs
+    assert (peak["base"], peak["new"], peak["ratio"], peak["verdict"]) == (1005, 1005, 1.0,
+                                                                           "equal")
+    assert math.isnan(peak["ci_low"]) and peak["noise_pct"] == 0.0 and peak["kind"] == "exact"
+    assert (by.loc["peak tensor memory", "n_base"], by.loc["peak tensor memory", "n_new"]) == (
+        6, 6)
+    assert "1.050" in row["rule"] and "0.952" in row["rule"]  # 1 + t and 1 / (1 + t)
 
 
 def test_compare_metrics_marks_a_metric_missing_in_one_run():

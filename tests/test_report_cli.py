@@ -42,7 +42,8 @@ def test_default_output_directory_and_exit_0(runs):
     for name in ("report.md", "report.html", "summary.csv"):
         assert (out / name).is_file()
     summary = pd.read_csv(out / "summary.csv")
-    assert set(summary["verdict"]) == {"within noise"}
+    assert set(summary.loc[summary["kind"] == "timed", "verdict"]) == {"within noise"}
+    assert set(summary.loc[summary["kind"] == "exact", "verdict"]) == {"equal"}
     assert f"reading {runs['base'] / 'steps.csv'}" in proc.stderr  # progress on stderr
     assert "report: reports/base_vs_same/report.md" in proc.stdout
 

@@ -66,11 +66,12 @@ def logdir(tmp_path_factory, tiny_overrides, tiny_config):
     meta = run_profile(options, tiny_config, torch.device("cpu"),
                        make_energy_flow_workload, log=None)
     assert meta["status"] == "complete"
-    return root
+    return root, meta
 
 
 @pytest.mark.skipif(not TENSORBOARD.exists(), reason="no tensorboard executable in this env")
 def test_tensorboard_lists_the_trace_memory_view_and_scalars(logdir):
+    logdir, meta = logdir
     port = free_port()
     proc = subprocess.Popen(
         [str(TENSORBOARD), "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port),
@@ -93,8 +94,14 @@ def test_tensorboard_lists_the_trace_memory_view_and_scalars(logdir):
         tags = poll(lambda: get_json(base, "/data/plugin/scalars/tags").get("tiny"))
         for tag in ("time/wall_ms", "time/forward_ms", "throughput/samples_per_s",
                     "train/loss", "memory/rss_bytes", "memory_region/carrier/peak_bytes",
-                    "memory_role/gradient/peak_bytes"):
+                    "memory_role/gradient/peak_bytes", "memory/allocations",
+                    "memory/process_heap_bytes", "summary/samples_per_s"):
             assert tag in tags, sorted(tags)
+        assert "memory/reserved_bytes" not in tags  # CPU: no caching-allocator reserve
+        # the run's figures are run.json's, from the one definition of measured steps
+        points = get_json(base, "/data/plugin/scalars/scalars", run="tiny",
+                          tag="summary/samples_per_s")
+        assert points[-1][2] == pytest.approx(meta["timings"]["samples_per_s"], rel=1e-6)
     finally:
         proc.terminate()
         try:

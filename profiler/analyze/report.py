@@ -8,9 +8,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from profiler.analyze import categories, metadata, metrics, nvml, operators, ranks
+from profiler.analyze import categories, load, metadata, metrics, nvml, operators, ranks
 from profiler.analyze.memory import memory_growth
 from profiler.analyze.stats import WORSE, StatsConfig
+from profiler.analyze.steps import measured_mask, measured_rule
 from profiler.errors import NotComparableError
 from profiler.parse.run import Run
 
@@ -40,7 +41,11 @@ class Report:
     timelines: dict[str, pd.DataFrame]  # side -> region peak bytes per step (category_timeline)
     warmup_steps: dict[str, int]
     skipped_steps: dict[str, int]  # measured steps skipped as non-finite
-    step_times: dict[str, np.ndarray]  # side -> measured wall_ms samples
+    step_times: dict[str, pd.DataFrame]  # side -> measured steps: columns step, wall_ms
+    measured_rules: dict[str, str]  # side -> which steps are measured, in words
+    load: pd.DataFrame  # analyze.load.LOAD_COLUMNS
+    load_problem: str  # why timing verdicts may not be trusted ("" when quiet)
+    device_type: str  # cpu | cuda (of the base run)
     peaks: pd.DataFrame  # index category, columns base / new: region peak bytes
     warnings: tuple[str, ...]
     not_comparable: tuple[str, ...]  # problems overridden by force
@@ -77,9 +82,10 @@ def build_report(base: Run, new: Run, config: ReportConfig) -> Report:
     for view in metrics.VIEWS:
         for cat, value in categories.category_peaks(base.memory, base.steps, view).items():
             base_peaks[f"{view}/{cat}"] = float(value)
+    cuda = any((r.meta.get("device") or {}).get("type") == "cuda" for r in runs.values())
+    step_specs = [m for m in metrics.STEP_METRICS if cuda or not m.cuda_only]
     summary = pd.concat([
-        metrics.compare_metrics(metrics.STEP_METRICS, samples["base"], samples["new"],
-                                config.stats),
+        metrics.compare_metrics(step_specs, samples["base"], samples["new"], config.stats),
         metrics.compare_metrics(
             metrics.category_specs(list(cats["base"].columns), list(cats["new"].columns),
                                    base_peaks),
@@ -90,7 +96,11 @@ def build_report(base: Run, new: Run, config: ReportConfig) -> Report:
     absent = summary["base"].isna() & summary["new"].isna()
     unrecorded = tuple(summary.loc[absent, "metric"])
     summary = summary[~absent].reset_index(drop=True)
+    summary = load.downgrade_timing(summary, base.meta, new.meta)
+    problem = load.load_problem(base.meta, new.meta)
     warnings = [*base.warnings, *new.warnings]
+    if problem:
+        warnings.append(problem)
     if problems:
         warnings.append("runs are not comparable (compared with --force): " + "; ".join(problems))
     b_traced, n_traced = _traced_steps(base.meta), _traced_steps(new.meta)
@@ -115,7 +125,11 @@ def build_report(base: Run, new: Run, config: ReportConfig) -> Report:
         warmup_steps={s: int((r.steps["phase"] == "warmup").sum()) for s, r in runs.items()},
         skipped_steps={s: int(pd.to_numeric(r.measured["skipped"], errors="coerce").fillna(0)
                               .gt(0).sum()) for s, r in runs.items()},
-        step_times={s: samples[s]["wall_ms"].to_numpy(dtype=np.float64) for s in SIDES},
+        step_times={s: samples[s][["step", "wall_ms"]].reset_index(drop=True) for s in SIDES},
+        measured_rules={s: measured_rule(r.steps) for s, r in runs.items()},
+        load=load.load_table(base.meta, new.meta),
+        load_problem=problem,
+        device_type=str((base.meta.get("device") or {}).get("type")),
         peaks=pd.DataFrame({"base": region_peaks["base"], "new": region_peaks["new"]}),
         warnings=tuple(warnings),
         not_comparable=tuple(problems),
@@ -187,4 +201,9 @@ def _nvml_note(run: Run) -> str:
 
 
 def _growth(run: Run) -> dict[str, Any]:
-    return memory_growth(run.steps)
+    """Memory growth as the run computed it (run.json ``memory_growth``, one computation);
+    runs without it get the same function on the same measured steps."""
+    recorded = run.meta.get("memory_growth")
+    if isinstance(recorded, dict) and recorded.get("verdict"):
+        return recorded
+    return memory_growth(run.steps[measured_mask(run.steps)])

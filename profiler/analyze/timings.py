@@ -1,5 +1,6 @@
-"""Run summaries from steps.csv rows (pure): step-time statistics and the paired
-light-vs-bare overhead. Times in milliseconds, rates per second."""
+"""Run summaries from steps.csv rows (pure): run.json ``timings`` and the paired
+light-vs-bare overhead. Times in milliseconds, rates per second. Which steps count and
+the throughput formula are ``profiler.analyze.steps``'s (the one definition)."""
 
 from __future__ import annotations
 
@@ -7,27 +8,30 @@ import statistics
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import pandas as pd
+
+from profiler.analyze import steps as step_rules
+
+
+def steps_frame(rows: Iterable[Mapping[str, Any]], measure_overhead: bool) -> pd.DataFrame:
+    """steps rows as a frame for ``analyze.steps``: ``instrumented`` kept only in a
+    ``measure_overhead`` run (elsewhere a bare run's rows are all its samples)."""
+    df = pd.DataFrame.from_records(list(rows))
+    if not measure_overhead and "instrumented" in df.columns:
+        df = df.drop(columns="instrumented")
+    return df
+
 
 def step_timings(rows: Iterable[Mapping[str, Any]], measure_overhead: bool) -> dict[str, Any]:
-    """run.json ``timings`` from steps rows: step_ms_median / step_ms_mean over the measured,
-    untraced (and, with ``measure_overhead``, instrumented) steps; traced_step_ms_median over
-    the measured traced ones; samples_per_s = samples / wall time of the same steps (None
-    when the workload reports no samples); ``overhead`` (``paired_overhead``) with
-    ``measure_overhead``."""
+    """run.json ``timings`` from steps rows: ``analyze.steps.summary`` of the measured steps
+    (step_ms_median, step_ms_mean, samples_per_s, measured_steps, measured_rule,
+    traced_step_ms_median; figures a run cannot give are left out) and, with
+    ``measure_overhead``, ``overhead`` (``paired_overhead``)."""
     rows = list(rows)
     out: dict[str, Any] = {}
-    measured = [r for r in rows if r["phase"] == "measured" and not r.get("traced")
-                and (r.get("instrumented") or not measure_overhead)]
-    traced = [r["wall_ms"] for r in rows if r["phase"] == "measured" and r.get("traced")]
-    if traced:
-        out["traced_step_ms_median"] = statistics.median(traced)
-    if measured:
-        walls = [r["wall_ms"] for r in measured]
-        samples = sum(r.get("samples") or 0 for r in measured)
-        out["step_ms_median"] = statistics.median(walls)
-        out["step_ms_mean"] = statistics.fmean(walls)
-        reported = any(r.get("samples") is not None for r in measured)
-        out["samples_per_s"] = samples * 1000.0 / sum(walls) if sum(walls) and reported else None
+    if rows:
+        summary = step_rules.summary(steps_frame(rows, measure_overhead))
+        out.update({k: v for k, v in summary.items() if v is not None})
     if measure_overhead:
         out["overhead"] = paired_overhead(rows)
     return out

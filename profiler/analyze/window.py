@@ -26,6 +26,7 @@ from profiler.parse.trace import (
 )
 from profiler.rundir import (
     ALLOCATION_COLUMNS,
+    ALLOCATION_EXTRA_COLUMNS,
     OPERATOR_COLUMNS,
     PHASE_MARK_PREFIX,
     TENSOR_ROLES,
@@ -34,7 +35,7 @@ from profiler.rundir import (
 
 @dataclass
 class WindowTables:
-    allocations: pd.DataFrame        # ALLOCATION_COLUMNS
+    allocations: pd.DataFrame        # ALLOCATION_COLUMNS + owner_region
     memory_by_category: pd.DataFrame  # MEMORY_COLUMNS, views region and role
     attribution: dict[str, Any]
     operators: pd.DataFrame          # OPERATOR_COLUMNS, summed over the trace files
@@ -85,6 +86,8 @@ def window_tables(traces: list[TraceFrames], probes: Mapping[str, Mapping[int, s
     check = attribution_check(ev, "region", device, tolerance_bytes) if len(ev) else {
         "device": device, "events": 0, "sum_categories_bytes": 0, "allocator_total_bytes": 0,
         "tolerance_bytes": tolerance_bytes, "ok": True, "by_category": {}}
-    allocations = ev[list(ALLOCATION_COLUMNS)] if len(ev) else pd.DataFrame(
-        columns=list(ALLOCATION_COLUMNS))
+    # extension column owner_region: the region owning the block (a free is charged to
+    # its allocation's region), what the viewer's stacked timeline adds up
+    columns = [*ALLOCATION_COLUMNS, *ALLOCATION_EXTRA_COLUMNS]
+    allocations = ev[columns] if len(ev) else pd.DataFrame(columns=columns)
     return WindowTables(allocations, by_cat, check, merge_operators(operators))

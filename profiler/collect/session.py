@@ -27,10 +27,11 @@ import torch
 
 from profiler.collect.distributed import CommTimer, RankInfo
 from profiler.collect.failure import failure_status
+from profiler.collect.hostload import HostLoad, cpu_model
 from profiler.collect.modules import ModuleScopes
 from profiler.collect.nvml import NvmlConfig, NvmlSampler
 from profiler.collect.signals import StopRequested, StopSignals
-from profiler.collect.stats import CudaSnapshot, StepMemory, sync
+from profiler.collect.stats import CudaSnapshot, StepMemory, sync, trim_heap
 from profiler.collect.tracing import TraceSchedule, TraceSession
 from profiler.collect.workload import Workload, role_tensors_of
 from profiler.collect.writer import RunWriter, device_info, git_revision, host, utc_now, versions
@@ -53,7 +54,9 @@ MODES = ("bare", "light", "full")
 # turns that cache off.
 ENVIRONMENT_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ONEDNN_PRIMITIVE_CACHE_CAPACITY",
                     "CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF", "CUBLAS_WORKSPACE_CONFIG")
-STEP_EXTRA_COLUMNS = COLLECTOR_STEPS_COLUMNS[:2]  # end_ts, traced (instrumented: overhead runs)
+# end_ts, traced, alloc_count, alloc_bytes, heap_bytes (instrumented: overhead runs only);
+# see profiler.rundir.COLLECTOR_STEPS_COLUMNS and profiler.collect.stats.StepMemory
+STEP_EXTRA_COLUMNS = COLLECTOR_STEPS_COLUMNS[:-1]
 CSV_FLUSH_S = 30.0  # least seconds between in-loop rewrites of steps.csv
 
 
@@ -165,7 +168,8 @@ class ProfileSession:
         self.writer = RunWriter(options.run_dir)
         self.rows = StepLog()
         self.pool_log: list[tuple[int, dict[str, dict[str, int]]]] = []  # (step, pool_stats())
-        self.memory = StepMemory(device)
+        self.memory = StepMemory(device, count_tensors=options.mode != "bare")
+        self.host_load = HostLoad()
         self.nvml = NvmlSampler(options.nvml, device)
         self.snapshot = CudaSnapshot(device, path=str(options.run_dir / CUDA_SNAPSHOT))
         self.trace: TraceSession | None = None
@@ -218,7 +222,8 @@ class ProfileSession:
             name=o.name, status="running", command=list(o.command), config=config,
             seeds={"model": seed, "data": seed, "torch": seed},
             versions=versions(), device={**device_info(self.device),
-                                         "allocator_stats": self.memory.source}, host=host(),
+                                         "allocator_stats": self.memory.source,
+                                         **self._device_extras()}, host=host(),
             git_revision=git_revision(Path(__file__).resolve().parents[2]),
             started_at=utc_now(), steps_requested=o.steps or None, steps_completed=0,
             warmup_steps=min(o.warmup, o.steps) if o.steps else o.warmup, trace=None,
@@ -229,6 +234,7 @@ class ProfileSession:
             environment={k: os.environ.get(k) for k in ENVIRONMENT_KEYS if k in os.environ},
             distributed=o.rank.to_json(self.device) if o.rank is not None else None)
         self.writer.write_run()
+        self.host_load.begin()
 
     def failure(self, exc: BaseException) -> tuple[str | None, dict | None, dict | None]:
         """(status, error, memory state) for an exception that ended the steps; status None
@@ -280,6 +286,11 @@ class ProfileSession:
         if self.trace is not None:
             self.trace.step()
             self._sync_module_scopes()
+            if self.rows[-1].get("traced") and not self.trace.recording \
+                    and "heap_trimmed" not in (self.writer.meta.get("trace") or {}):
+                # the window's event buffers are released: return the heap so later
+                # steps' process memory is not inflated by them
+                self.writer.meta["trace"]["heap_trimmed"] = trim_heap()
         if o.mode != "bare" and o.pool != "off" and hasattr(self.workload, "pool_stats"):
             self.pool_log.append((i, self.workload.pool_stats()))
         if (i + 1) % o.monitor_interval == 0 or (o.steps and i + 1 == o.steps):
@@ -353,6 +364,7 @@ class ProfileSession:
         return row
 
     def _monitor(self, i: int) -> None:
+        self.host_load.sample()
         row = self.rows[-1]
         rss = row.get("rss_bytes")
         mem = f" rss {rss / 2**20:.0f} MiB" if rss else ""
@@ -408,6 +420,7 @@ class ProfileSession:
         if self.snapshot.active:
             self.writer.update(memory_history=self.snapshot.to_json())
         self.writer.meta["timings"]["total_s"] = round(elapsed_s, 3)
+        attempt("host_load", lambda: self.writer.update(host_load=self.host_load.end()))
         self.writer.update(status=status, error=error, ended_at=utc_now(),
                            steps_completed=len(self.rows))
         if at_failure is not None:
@@ -424,6 +437,16 @@ class ProfileSession:
         rows = self.nvml.rows()
         if rows:
             self.writer.write_csv(NVML_CSV, rows, NVML_COLUMNS)
+
+    def _device_extras(self) -> dict[str, Any]:
+        """What the device really ran with: autocast only where the trainer applies it."""
+        autocast = bool(getattr(self.config, "autocast", False)) and self.device.type == "cuda"
+        extras: dict[str, Any] = {"autocast": "bf16" if autocast else "off"}
+        if self.device.type == "cpu":
+            extras["cpu_model"] = cpu_model()
+            if self.memory.unavailable_reason:
+                extras["allocator_stats_unavailable"] = self.memory.unavailable_reason
+        return extras
 
     def scope_declarations(self) -> dict[str, Any]:
         """What the region view's categories are (``profiler.parse.trace.ScopeRules`` JSON):

@@ -52,43 +52,92 @@ class _Rss:
 
 
 class StepMemory:
-    """Allocator allocated / reserved / peak bytes and process RSS for one device.
+    """Per-step tensor memory of one device, plus process memory under honest names.
 
-    CUDA: ``torch.cuda`` allocator counters; the peak is reset after each read so
-    that ``peak_bytes`` is the peak within the step. CPU: PyTorch's CPU allocator
-    is the C library's malloc and keeps no counters outside a profiler, so
-    ``allocated_bytes`` is glibc's ``mallinfo2`` bytes in use (uordblks + mmapped
-    hblkhd: tensors and every other C allocation of the process),
-    ``reserved_bytes`` equals it (as the run-directory contract says for CPU),
-    ``peak_bytes`` stays empty; without glibc all three stay empty. ``source``
-    names where the numbers come from.
+    Columns of ``read()`` (bytes, counts per step):
+    - ``allocated_bytes``: tensor bytes live at the end of the step. CUDA: the caching
+      allocator's ``memory_allocated``. CPU: the tensor counter
+      (``profiler.collect.tensor_counter``) minus its value when the session began, so
+      it counts the workload's tensors only (never the heap).
+    - ``peak_bytes``: the highest such value within the step (peak reset each step).
+    - ``reserved_bytes``: CUDA caching allocator reserve; empty on CPU (no such thing).
+    - ``alloc_count`` / ``alloc_bytes``: tensor allocations made during the step and
+      their bytes (deterministic for a fixed seed and config).
+    - ``heap_bytes``: glibc ``mallinfo2`` bytes in use (uordblks + hblkhd): every C
+      allocation of the process, profiler buffers included. Context only, never
+      compared as model memory.
+    - ``rss_bytes``: process resident set size.
+    ``source`` names where allocated / peak come from (None when unavailable).
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, count_tensors: bool = True) -> None:
         self.device = device
         self._rss = _Rss()
         self._cuda = device.type == "cuda"
-        self._mallinfo = None if self._cuda else _mallinfo2()
+        self._mallinfo = _mallinfo2()
         self.source: str | None
+        self._counter: Any = None
+        self._base = 0
+        self._last_count = self._last_bytes = 0
+        self.unavailable_reason: str | None = None
         if self._cuda:
             self.source = "torch.cuda caching allocator"
+        elif count_tensors:
+            from profiler.collect import tensor_counter
+
+            try:
+                tensor_counter.install()
+                self._counter = tensor_counter
+                counts = tensor_counter.read()
+                self._base = counts.live_bytes
+                self._last_count, self._last_bytes = counts.alloc_count, counts.alloc_bytes
+                self.source = "tensor counter (counting CPU allocator)"
+            except tensor_counter.CounterUnavailable as exc:
+                self.source = None
+                self.unavailable_reason = str(exc)
         else:
-            self.source = "glibc mallinfo2 (uordblks + hblkhd)" if self._mallinfo else None
+            self.source = None
+        if self._cuda:
+            stats = torch.cuda.memory_stats(device)
+            self._last_count = stats.get("allocation.all.allocated", 0)
+            self._last_bytes = stats.get("allocated_bytes.all.allocated", 0)
 
     def begin_step(self) -> None:
+        """Start a measured step: peak reset, allocation counts from here."""
         if self._cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
+            stats = torch.cuda.memory_stats(self.device)
+            self._last_count = stats.get("allocation.all.allocated", 0)
+            self._last_bytes = stats.get("allocated_bytes.all.allocated", 0)
+        elif self._counter is not None:
+            self._counter.reset_peak()
+            c = self._counter.read()
+            self._last_count, self._last_bytes = c.alloc_count, c.alloc_bytes
 
     def read(self) -> dict[str, Any]:
         out: dict[str, Any] = {"allocated_bytes": None, "reserved_bytes": None,
-                               "peak_bytes": None}
+                               "peak_bytes": None, "alloc_count": None, "alloc_bytes": None,
+                               "heap_bytes": None}
         if self._cuda:
-            out["allocated_bytes"] = torch.cuda.memory_allocated(self.device)
-            out["reserved_bytes"] = torch.cuda.memory_reserved(self.device)
-            out["peak_bytes"] = torch.cuda.max_memory_allocated(self.device)
-        elif self._mallinfo is not None:
+            stats = torch.cuda.memory_stats(self.device)
+            out["allocated_bytes"] = stats.get("allocated_bytes.all.current", 0)
+            out["reserved_bytes"] = stats.get("reserved_bytes.all.current", 0)
+            out["peak_bytes"] = stats.get("allocated_bytes.all.peak", 0)
+            count = stats.get("allocation.all.allocated", 0)
+            total = stats.get("allocated_bytes.all.allocated", 0)
+            out["alloc_count"], out["alloc_bytes"] = (count - self._last_count,
+                                                      total - self._last_bytes)
+            self._last_count, self._last_bytes = count, total
+        elif self._counter is not None:
+            c = self._counter.read()
+            out["allocated_bytes"] = c.live_bytes - self._base
+            out["peak_bytes"] = c.peak_bytes - self._base
+            out["alloc_count"] = c.alloc_count - self._last_count
+            out["alloc_bytes"] = c.alloc_bytes - self._last_bytes
+            self._last_count, self._last_bytes = c.alloc_count, c.alloc_bytes
+        if self._mallinfo is not None:
             info = self._mallinfo()
-            out["allocated_bytes"] = out["reserved_bytes"] = info.uordblks + info.hblkhd
+            out["heap_bytes"] = info.uordblks + info.hblkhd
         out["rss_bytes"] = self._rss()
         return out
 
@@ -104,6 +153,15 @@ class StepMemory:
             free, total = torch.cuda.mem_get_info(self.device)
             state["device_free_bytes"], state["device_total_bytes"] = free, total
         return state
+
+
+def trim_heap() -> bool:
+    """Give free heap memory back to the system (glibc ``malloc_trim(0)``); False elsewhere."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
 
 
 def sync(device: torch.device) -> None:

@@ -55,7 +55,9 @@ def device_info(device: torch.device) -> dict[str, Any]:
                 "total_memory_bytes": props.total_memory}
     import psutil
 
-    return {"type": device.type, "name": platform.processor() or platform.machine(),
+    from profiler.collect.hostload import cpu_model
+
+    return {"type": device.type, "name": cpu_model(),
             "total_memory_bytes": psutil.virtual_memory().total}
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from profiler.analyze.load import INCONCLUSIVE
+from profiler.analyze.metrics import CHANGED, EQUAL
 from profiler.analyze.report import Report, regressions
 from profiler.analyze.stats import BETTER, NOISE, WORSE
 from profiler.render.format import (
@@ -54,7 +56,9 @@ class Image:
 Block = Heading | Para | Alert | Table | Image
 
 SECTIONS = (
-    ("time", "Step time"), ("throughput", "Throughput"), ("memory", "Memory (allocator)"),
+    ("time", "Step time"), ("throughput", "Throughput"),
+    ("memory", "Memory (tensors; process RSS and heap for context)"),
+    ("work", "Work done per step (deterministic)"),
     ("category", "Peak memory per category"), ("allocations", "Allocations per category"),
     ("distributed", "Communication and balance across ranks (per step)"),
 )
@@ -66,6 +70,7 @@ def build_document(report: Report, plots: set[str], gate: float | None = None) -
     doc: list[Block] = [Heading(1, f"Performance report: {names['base']} vs {names['new']}")]
     doc += [Alert(w) for w in report.warnings]
     doc += [Heading(2, "Runs"), _runs_table(report), Para(_method(report, gate))]
+    doc += _load(report)
     doc += _overview(report.summary, gate)
     if report.unrecorded:
         doc.append(Para("Not recorded by either run (left out): "
@@ -80,9 +85,11 @@ def build_document(report: Report, plots: set[str], gate: float | None = None) -
             continue
         doc += [Heading(2, title), _summary_table(rows)]
         if section == "time" and "step_time" in plots:
-            doc.append(Image("step_time", "Measured step times (base and new)"))
-        if section == "memory" and "memory_over_steps" in plots:
-            doc.append(Image("memory_over_steps", "Peak memory per region within each step"))
+            doc.append(Image("step_time", "Measured step times by step number (base and new)"))
+        if section == "category" and "memory_over_steps" in plots:
+            doc.append(Image("memory_over_steps", "Peak tensor memory per region within each "
+                             "step of the trace window (the only steps with per-category "
+                             "data)"))
         if section == "category" and "category_peaks" in plots:
             doc.append(Image("category_peaks", "Peak memory per region category"))
     doc += _ranks(report, plots)
@@ -92,7 +99,11 @@ def build_document(report: Report, plots: set[str], gate: float | None = None) -
     doc += _operators(report)
     doc += [Heading(2, "Run metadata"),
             Para("Highlighted rows differ between the runs (name, times and command "
-                 "always differ and are not highlighted)."),
+                 "always differ and are not highlighted). attribution.by_category.* are the "
+                 "net bytes of each category over the trace window (allocated minus freed "
+                 "in the window): negative when the window frees more of a category than "
+                 "it allocates, e.g. tensors allocated before the window and freed in it. "
+                 "device.autocast is what the trainer applied (bf16 on CUDA only)."),
             _frame_table(report.metadata[["key", "base", "new"]],
                          ["differs" if d else "" for d in report.metadata["differs"]])]
     return doc
@@ -102,10 +113,10 @@ def _runs_table(report: Report) -> Table:
     rows = []
     for side in ("base", "new"):
         rows.append([side, report.names[side], report.paths[side], report.statuses[side],
-                     str(report.warmup_steps[side]), str(report.step_times[side].size),
-                     str(report.skipped_steps[side])])
-    return Table(["", "run", "path", "status", "warm-up steps", "measured untraced steps",
-                  "skipped (non-finite)"], rows,
+                     str(report.warmup_steps[side]), str(len(report.step_times[side])),
+                     report.measured_rules[side], str(report.skipped_steps[side])])
+    return Table(["", "run", "path", "status", "warm-up steps", "measured steps",
+                  "measured = ", "skipped (non-finite)"], rows,
                  ["" if report.statuses[s] == "complete" else "worse" for s in ("base", "new")])
 
 
@@ -115,18 +126,25 @@ def _method(report: Report, gate: float | None) -> str:
     noisy = time_rows["noise_pct"].dropna()
     noisy_text = f"{noisy.max():.1f}%" if not noisy.empty else MISSING
     text = (
-        f"Per-step statistics over the measured steps only (warm-up excluded, and the "
-        f"steps torch.profiler traced, which it slows down). Each per-step metric "
-        f"compares a median or p90; its interval is a {s.confidence:.0%} percentile "
-        f"bootstrap interval of the ratio new/base ({s.resamples} resamples, seed {s.seed}; "
-        f"none with fewer than {s.min_samples} steps on either side). Rows marked 'max' "
-        f"are one number per run and have no interval. "
-        f"Noise threshold: timing metrics max({s.noisy_floor:.0%}, {s.drift_factor:g} x the "
-        f"larger within-run drift between the first and second half of a run) = "
-        f"{noisy_text} here (per row in the 'noise' column); allocator memory metrics "
-        f"{s.deterministic_floor:.0%}, and memory differences under {s.min_bytes:,} bytes "
-        f"and time differences under {s.min_ms:g} ms are noise whatever the ratio. A metric is better or worse only when the ratio is "
-        f"beyond the threshold and the interval excludes 1; otherwise within noise."
+        "Two kinds of metric. Exact metrics (kind 'exact': tensor memory and allocations, "
+        "per-category memory of the trace window, work per step) are deterministic for "
+        "the same config and seed: they are compared step by step on the steps both runs "
+        "measured; equal is 'equal', and any difference is better or worse (or 'changed' "
+        "for work done) with its size, however few steps. Timed metrics (kind 'timed': "
+        "times, throughput, RSS, process heap) use the measured steps only (see 'measured "
+        f"= ' above); each compares a median or p90 with a {s.confidence:.0%} percentile "
+        f"bootstrap interval of new/base ({s.resamples} resamples, seed {s.seed}; none with "
+        f"fewer than {s.min_samples} steps on either side). With the noise threshold t of "
+        "the row (column 'noise'), a lower-is-better metric is better when new/base < "
+        "1/(1+t) and worse when new/base > 1+t, each only when the interval lies on the "
+        "same side of 1; the 'rule' column states this with the row's numbers. "
+        f"t = max({s.noisy_floor:.0%}, {s.drift_factor:g} x the larger within-run drift "
+        f"between the first and second half of a run) = up to {noisy_text} here; time "
+        f"differences under {s.min_ms:g} ms and byte differences under {s.min_bytes:,} "
+        "are noise whatever the ratio. Process RSS and heap count every allocation of the "
+        "process (profiler buffers included): context, never gated. A timing verdict is "
+        f"'{INCONCLUSIVE}' when the slower run received over 10% less of the CPU it could use "
+        "than the other (competition explains such a slowdown; see 'Host load')."
     )
     if gate is not None:
         text += (f" Regression gate: a gated metric worse by more than {gate:.1%} "
@@ -136,7 +154,8 @@ def _method(report: Report, gate: float | None) -> str:
 
 def _overview(summary: pd.DataFrame, gate: float | None) -> list[Block]:
     counts = summary["verdict"].value_counts()
-    parts = [f"{int(counts.get(v, 0))} {v}" for v in (WORSE, BETTER, NOISE)]
+    parts = [f"{int(counts.get(v, 0))} {v}"
+             for v in (WORSE, BETTER, NOISE, EQUAL, CHANGED, INCONCLUSIVE) if counts.get(v)]
     blocks: list[Block] = [Heading(2, "Verdict"), Para(f"{len(summary)} metrics: "
                                                       + ", ".join(parts) + ".")]
     if gate is not None:
@@ -146,7 +165,7 @@ def _overview(summary: pd.DataFrame, gate: float | None) -> list[Block]:
         else:
             blocks.append(Alert(f"Regression gate ({gate:.1%}) failed: "
                                 + ", ".join(failed["metric"]) + "."))
-    notable = summary[summary["verdict"].isin([WORSE, BETTER])]
+    notable = summary[summary["verdict"].isin([WORSE, BETTER, CHANGED])]
     if not notable.empty:
         blocks.append(_summary_table(notable))
     return blocks
@@ -262,18 +281,40 @@ def _operators(report: Report) -> list[Block]:
         return [Heading(2, "Top operators"), Para("No operator tables (operators.csv) in "
                                                    "either run.")]
     scope = "per traced step" if report.operators_per_step else "over the traced window"
+    cuda = report.device_type == "cuda"
     rows = []
     for r in ops.to_dict("records"):
-        rows.append([str(r["name"]), fmt_value(r["base_count"], "count"),
-                     fmt_value(r["new_count"], "count"),
-                     fmt_value(r["base_self_us"], "us"), fmt_value(r["new_self_us"], "us"),
-                     fmt_delta(r["delta_self_us"], "us"),
-                     fmt_value(r["base_total_us"], "us"), fmt_value(r["new_total_us"], "us"),
-                     fmt_delta(r["delta_self_device_us"], "us"), fmt_ratio(r["ratio_self"])])
+        row = [str(r["name"]), fmt_value(r["base_count"], "count"),
+               fmt_value(r["new_count"], "count"),
+               fmt_value(r["base_self_us"] / 1e3, "ms"), fmt_value(r["new_self_us"] / 1e3, "ms"),
+               fmt_delta(r["delta_self_us"] / 1e3, "ms"),
+               fmt_value(r["base_total_us"] / 1e3, "ms"),
+               fmt_value(r["new_total_us"] / 1e3, "ms")]
+        if cuda:
+            row.append(fmt_delta(r["delta_self_device_us"] / 1e3, "ms"))
+        rows.append([*row, fmt_ratio(r["ratio_self"])])
+    headers = ["operator", "base calls", "new calls", "base self", "new self", "delta self",
+               "base total", "new total", *(["delta device self"] if cuda else []),
+               "self ratio"]
+    note = (" Operator times are CPU times of the traced steps: under load (see 'Host "
+            "load') they include time the operator waited for a CPU.") \
+        if report.load_problem else ""
     return [Heading(2, "Top operators by change in self time"),
-            Para(f"From the torch.profiler traces, {scope}; sorted by |delta| of self time."),
-            Table(["operator", "base calls", "new calls", "base self", "new self",
-                   "delta self", "base total", "new total", "delta device self",
-                   "self ratio"], rows,
+            Para(f"From the torch.profiler traces, {scope}; sorted by |delta| of self time."
+                 + note),
+            Table(headers, rows,
                   ["worse" if r["delta_self_us"] > 0 and r["ratio_self"] > 1.05 else ""
                    for r in ops.to_dict("records")])]
+
+
+def _load(report: Report) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "Host load"),
+                           Para("Conditions each run was measured under (from run.json "
+                                "host_load). Timing verdicts are only as good as these.")]
+    if report.load_problem:
+        blocks.append(Alert(report.load_problem))
+    table = report.load
+    classes = ["differs" if r["base"] != r["new"] and r["item"] == "measured under load"
+               else "" for r in table.to_dict("records")]
+    blocks.append(_frame_table(table, classes))
+    return blocks

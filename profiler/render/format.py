@@ -28,7 +28,9 @@ def fmt_value(value: object, unit: str) -> str:
                 return f"{v / scale:.2f} {name}"
         return f"{v:.0f} B"
     if unit == "ms":
-        return f"{v:.3f} ms"
+        if abs(v) >= 10_000:
+            return f"{v / 1e3:.2f} s"
+        return f"{v:.3f} ms" if abs(v) < 10 else f"{v:.1f} ms"
     if unit == "us":
         return f"{v:.1f} us"
     if unit in ("count", "W", "samples/s", "flow-steps/s"):
@@ -70,11 +72,14 @@ def summary_cells(row: dict) -> dict[str, str]:
         "ci": fmt_ci(row["ci_low"], row["ci_high"]),
         "noise": fmt_pct(row["noise_pct"]),
         "verdict": str(row["verdict"]),
+        "kind": str(row.get("kind", "")),
+        "rule": str(row.get("rule", "")),
         "gated": "yes" if row["gated"] else "",
     }
 
 
 SUMMARY_HEADERS = {
     "metric": "metric", "base": "base", "new": "new", "delta": "delta", "ratio": "new/base",
-    "ci": "95% CI of ratio", "noise": "noise", "verdict": "verdict", "gated": "gated",
+    "ci": "95% CI of ratio", "noise": "noise t", "verdict": "verdict", "kind": "kind",
+    "rule": "rule applied", "gated": "gated",
 }

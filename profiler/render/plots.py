@@ -43,19 +43,22 @@ def memory_over_steps(timelines: dict[str, pd.DataFrame], names: dict[str, str],
         if warmup.get(side) and table.index.min() < warmup[side]:
             ax.axvspan(table.index.min() - 0.5, warmup[side] - 0.5, color="0.9",
                        label="warm-up")
-        ax.set_title(f"{side}: {names[side]}", fontsize=10)
+        ax.set_title(f"{side}: {names[side]} (trace window)", fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("peak MiB within the step")
+    axes[0].set_ylabel("peak tensor MiB within the step")
     axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return _png(fig)
 
 
-def step_time_distribution(step_times: dict[str, np.ndarray],
+def step_time_distribution(step_times: dict[str, pd.DataFrame],
                            names: dict[str, str]) -> bytes | None:
-    """Measured step times: over the steps (left) and as histograms (right)."""
-    data = {s: np.asarray(v, dtype=float)[np.isfinite(v)] for s, v in step_times.items()}
+    """Measured step times (``step``, ``wall_ms`` columns): against the run's real step
+    numbers (left) and as histograms (right)."""
+    frames = {s: f[np.isfinite(f["wall_ms"].to_numpy(dtype=float))]
+              for s, f in step_times.items()}
+    data = {s: f["wall_ms"].to_numpy(dtype=float) for s, f in frames.items()}
     if not any(v.size for v in data.values()):
         return None
     fig = Figure(figsize=(11, 3.6))
@@ -66,10 +69,11 @@ def step_time_distribution(step_times: dict[str, np.ndarray],
         if not values.size:
             continue
         label = f"{side}: {names[side]}"
-        left.plot(np.arange(values.size), values, color=_COLORS[side], label=label, linewidth=1)
+        left.plot(frames[side]["step"].to_numpy(), values, color=_COLORS[side], label=label,
+                  linewidth=1, marker="o" if values.size <= 40 else None, markersize=3)
         right.hist(values, bins=bins, alpha=0.55, color=_COLORS[side], label=label)
         right.axvline(np.median(values), color=_COLORS[side], linestyle="--", linewidth=1.2)
-    left.set_xlabel("measured step")
+    left.set_xlabel("step (warm-up and traced steps left out)")
     left.set_ylabel("step time (ms)")
     right.set_xlabel("step time (ms); dashed: median")
     right.set_ylabel("steps")

@@ -3,6 +3,8 @@
 Tags (units in the name): ``time/{wall,forward,backward,optimizer}_ms``,
 ``throughput/samples_per_s``, ``train/loss``, ``flows/{created,live_peak,completed}``,
 ``memory/{allocated,reserved,peak,rss}_bytes``,
+``summary/{step_ms_median,step_ms_mean,samples_per_s,measured_steps}`` (the run's figures
+over its measured steps, as in run.json),
 ``memory_<view>/<category>/{live,peak}_bytes`` (view = region | role | pool, plus
 ``pool/<category>/{hits,misses}``), ``nvml/gpu<N>/<metric>``.
 """
@@ -14,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from profiler.analyze.steps import per_step_throughput
+
 STEP_TAGS = {
     "wall_ms": "time/wall_ms", "forward_ms": "time/forward_ms",
     "backward_ms": "time/backward_ms", "optimizer_ms": "time/optimizer_ms",
@@ -21,6 +25,7 @@ STEP_TAGS = {
     "flows_live_peak": "flows/live_peak", "flows_completed": "flows/completed",
     "allocated_bytes": "memory/allocated_bytes", "reserved_bytes": "memory/reserved_bytes",
     "peak_bytes": "memory/peak_bytes", "rss_bytes": "memory/rss_bytes",
+    "heap_bytes": "memory/process_heap_bytes", "alloc_count": "memory/allocations",
 }
 NVML_METRICS = ("used_bytes", "process_bytes", "util_gpu_pct", "util_mem_pct", "power_w",
                 "temperature_c", "torch_allocated_bytes", "torch_cache_bytes", "non_torch_bytes")
@@ -58,9 +63,17 @@ class ScalarWriter:
             step, wt = int(row["step"]), row.get("end_ts")
             for column, tag in STEP_TAGS.items():
                 self.add(tag, row.get(column), step, wt)
-            wall = _number(row.get("wall_ms"))
-            if wall and row.get("samples"):
-                self.add("throughput/samples_per_s", row["samples"] * 1000.0 / wall, step, wt)
+            wall, samples = _number(row.get("wall_ms")), _number(row.get("samples"))
+            if wall and samples:
+                self.add("throughput/samples_per_s", per_step_throughput(samples, wall),
+                         step, wt)
+
+    def summary(self, timings: Mapping[str, Any], step: int) -> None:
+        """The run's figures over its measured steps (``profiler.analyze.steps.summary``,
+        the same numbers as run.json timings): ``summary/<key>`` at the last step."""
+        for key in ("step_ms_median", "step_ms_mean", "samples_per_s", "measured_steps",
+                    "traced_step_ms_median"):
+            self.add(f"summary/{key}", timings.get(key), step)
 
     def categories(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """memory_by_category.csv rows: live / peak bytes per view and category (pool hits too)."""
