@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 import profiler
+from profiler.analyze import steps as step_rules
 from profiler.analyze.report import ReportConfig, build_report
 from profiler.cli import main
 from profiler.collect.modules import ModuleScopes, auto_depth
@@ -90,6 +91,36 @@ def test_profile_writes_a_run_directory_of_the_user_loop(mlp_runs):
     assert (parts > 0).all().all() and (parts.sum(axis=1) <= steps["wall_ms"]).all()
     assert steps["loss"].notna().all() and (steps["samples"] == 16).all()
     assert len(trace_files(prof.run_dir)) == 1
+
+
+def _same_figures_as_every_run(run_dir: Path) -> tuple[pd.DataFrame, dict]:
+    """The tensor counter, host load and measured-step figures every profile path records."""
+    meta = json.loads((run_dir / RUN_JSON).read_text())
+    steps = pd.read_csv(run_dir / "steps.csv")
+    assert meta["device"]["allocator_stats"] == "tensor counter (counting CPU allocator)"
+    measured = steps[steps["phase"] == "measured"]
+    assert (measured["alloc_count"] > 0).all() and (measured["alloc_bytes"] > 0).all()
+    assert (measured["peak_bytes"] >= measured["allocated_bytes"]).all()
+    assert steps["reserved_bytes"].isna().all() and steps["heap_bytes"].notna().all()
+    load = meta["host_load"]
+    assert load["cpu_model"] and isinstance(load["under_load"], bool)
+    mask = step_rules.measured_mask(steps)
+    t = meta["timings"]
+    assert t["measured_steps"] == int(mask.sum())
+    assert t["step_ms_median"] == pytest.approx(float(steps.loc[mask, "wall_ms"].median()))
+    return steps, meta
+
+
+def test_user_loop_counts_tensors_and_host_load_like_the_energy_flow_path(mlp_runs):
+    a, meta = _same_figures_as_every_run(mlp_runs[0].run_dir)
+    b, _ = _same_figures_as_every_run(mlp_runs[1].run_dir)
+    assert meta["timings"]["measured_steps"] == 2  # steps 6 and 7: measured, not traced
+    assert meta["timings"]["samples_per_s"] == pytest.approx(
+        float((16 * 1000.0 / a.loc[step_rules.measured_mask(a), "wall_ms"]).median()))
+    assert meta["trace"]["heap_trimmed"] in (True, False)
+    # same seed, same loop: the allocations of every step are identical
+    assert a["alloc_count"].tolist() == b["alloc_count"].tolist()
+    assert a["alloc_bytes"].tolist() == b["alloc_bytes"].tolist()
 
 
 def test_module_attribution_adds_up_with_user_scopes_and_backward(mlp_runs):
@@ -190,6 +221,7 @@ def test_examples_run_as_scripts_and_as_workloads(tmp_path):
     regions = set(c.memory.loc[c.memory["view"] == "region", "category"])
     assert {"0.0", "1.0", "loss"} <= regions and c.meta["attribution"]["ok"]
     assert "flow-steps" not in proc.stdout and "samples/s" in proc.stdout
+    _same_figures_as_every_run(tmp_path / "c")
     proc = _run([sys.executable, "-m", "profiler", "profile", "--workload",
                  "transformer:make_workload", "--mode", "light", "--steps", "4", "--out",
                  str(tmp_path), "--name", "m"], cwd=EXAMPLES)

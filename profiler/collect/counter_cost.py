@@ -32,7 +32,10 @@ def measure(preset: str, steps: int, warmup: int, overrides: dict) -> dict:
     torch.manual_seed(config.seed)
     tensor_counter.install()
     workload = make_energy_flow_workload(config, torch.device("cpu"), "off")
-    off, on, diffs, allocs = [], [], [], []
+    off: list[float] = []
+    on: list[float] = []
+    diffs: list[float] = []
+    allocs: list[int] = []
     pair: dict[bool, float] = {}
     for i in range(warmup + steps):
         counted = (i % 2) == ((i // 2) % 2)
