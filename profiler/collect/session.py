@@ -61,8 +61,8 @@ CSV_FLUSH_S = 30.0  # least seconds between in-loop rewrites of steps.csv
 
 
 class StepLog:
-    """Step rows kept as small tuples: a long run's bookkeeping stays out of the C heap
-    that ``allocated_bytes`` measures on CPU. Indexing and iteration give dicts.
+    """Step rows kept as small tuples: a long run's bookkeeping keeps the C heap
+    (``heap_bytes``) small. Indexing and iteration give dicts.
 
     Fields outside ``COLUMNS`` (a workload's own step columns) are kept too, in the order
     they first appear; ``extra_columns`` lists them."""
