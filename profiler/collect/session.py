@@ -420,11 +420,16 @@ class ProfileSession:
         if self.snapshot.active:
             self.writer.update(memory_history=self.snapshot.to_json())
         self.writer.meta["timings"]["total_s"] = round(elapsed_s, 3)
-        attempt("host_load", lambda: self.writer.update(host_load=self.host_load.end()))
         self.writer.update(status=status, error=error, ended_at=utc_now(),
                            steps_completed=len(self.rows))
         if at_failure is not None:
             self.writer.update(memory_at_failure=at_failure)
+        if problems:
+            self.writer.update(finalize_errors=problems)
+        # the status first (rank 0 of a multi-rank run waits for it), then the host load
+        # (its after-run snapshot of other processes takes a fraction of a second)
+        self.writer.write_run()
+        attempt("host_load", lambda: self.writer.update(host_load=self.host_load.end()))
         if problems:
             self.writer.update(finalize_errors=problems)
         self.writer.write_run()
