@@ -51,22 +51,30 @@ def resolve_device(name, cuda_count: int | None = None):
     return device
 
 
-def atomic_write(path, write) -> None:
+def atomic_write(path, write, sync: bool = True) -> None:
     """Create ``path`` through ``write(binary_file)`` on a temporary file in the same folder,
-    fsync and rename: readers see the old file or the whole new one, never a part."""
+    fsync and rename: readers see the old file or the whole new one, never a part.
+    ``sync=False`` leaves the fsync to the caller (the rename is still atomic for readers
+    and survives the process being killed; only a machine crash needs the fsync).
+
+    The temporary file is created with mode 0666 minus the umask (as ``open`` would), not
+    ``mkstemp``'s 0600: a run or a checkpoint is readable by whoever the user's umask allows.
+    """
     import contextlib
-    import tempfile
+    import secrets
     from pathlib import Path
 
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
-            os.fsync(handle.fileno())
+            if sync:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise

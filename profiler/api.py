@@ -136,14 +136,14 @@ class Profile:
     # --- context manager --------------------------------------------------------------------
     def __enter__(self) -> Profile:
         s = self.session
-        s.begin()
+        s.begin()  # the run name is locked until post-processing ends (postprocess)
+        s._stop.__enter__()  # left after post-processing, which a signal also stops cleanly
         self._t_start = time.perf_counter()
         try:
             s.start_collectors(self._loop)
             if s.trace is not None:
                 s.trace.__enter__()
                 s._sync_module_scopes()
-            s._stop.__enter__()
         except BaseException as exc:
             self._close(exc)
             raise
@@ -167,9 +167,11 @@ class Profile:
             status = found or "failed"
             if found is None:
                 error = {"type": type(exc).__name__, "message": str(exc)}
+        s.stop_progress()
         distributed = s.o.rank is not None and s.o.rank.distributed
-        guard = StopSignals().__enter__() if distributed else None  # see profiling.run_profile
-        s._stop.__exit__(None, None, None)
+        # a multi-rank run's finishing is not cut short by torchrun's stop request (see
+        # profiling.run_profile); one process records a signal during post-processing
+        guard = StopSignals().__enter__() if distributed else None
         if s.modules is not None:
             s.modules.enable(False)
         if s.trace is not None and s.trace._prof is not None:
@@ -179,17 +181,18 @@ class Profile:
                 s.writer.meta.setdefault("finalize_errors", []).append(
                     f"trace: {type(trace_exc).__name__}: {trace_exc}")
         s.o = _with_steps(s.o, len(s.rows))
-        s.end(status, error, at_failure, time.perf_counter() - self._t_start)
         from profiler.profiling import finish_ranks, postprocess
 
         try:
+            s.end(status, error, at_failure, time.perf_counter() - self._t_start)
             self.meta = postprocess(s)
             if distributed:
                 finish_ranks(s, own_group=False)
         finally:
             if guard is not None:
                 guard.__exit__(None, None, None)
-        self.status = status
+            s._stop.__exit__(None, None, None)
+        self.status = self.meta["status"]
 
     # --- the loop ---------------------------------------------------------------------------
     def _begin_step(self) -> None:

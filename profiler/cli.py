@@ -8,6 +8,7 @@ returns the error's exit code.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -50,15 +51,17 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs",
                    help="parent directory of run directories (default: runs)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing run directory of the same name")
+                   help="replace an existing run directory of the same name (the old run "
+                        "stays until the new one has recorded its first steps)")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="FIELD=VALUE", help="override one config field (repeatable)")
     p.add_argument("--warmup", type=int, default=None,
                    help="warm-up steps excluded from statistics (default: 3, at most steps - 1)")
     p.add_argument("--monitor-interval", type=int, default=10, metavar="STEPS",
-                   help="every STEPS steps: a progress line on stderr (default: 10); steps.csv "
-                        "is rewritten at most every 30 s and at the end, TensorBoard scalars "
-                        "are written at the end")
+                   help="every STEPS steps: new steps.csv rows appended and fsynced, a "
+                        "run.jsonc heartbeat, and a progress line when stderr is not a terminal "
+                        "(default: 10); a killed run loses at most the steps since the last "
+                        "one; TensorBoard scalars are written at the end")
     p.add_argument("--nvml-interval", type=float, default=1.0, metavar="S",
                    help="NVML sample period in seconds, >= 0.5 (default: 1.0)")
     p.add_argument("--nvml-process-interval", type=float, default=5.0, metavar="S",
@@ -85,7 +88,7 @@ DEFAULT_STEPS = 20
 
 
 def _profile_usage_error(message: str) -> None:
-    print(f"error: profile: {message}", file=sys.stderr)
+    print(f"error: {_prog()} profile: {message}", file=sys.stderr)
     sys.exit(UsageError.exit_code)
 
 
@@ -244,6 +247,11 @@ def _profile_summary(meta: dict) -> str:
     if g.get("verdict"):
         per = g.get("growth_bytes_per_step")
         per_text = "" if per is None else f", {per / 1024:+.1f} KiB/step"
+        if g["verdict"] == "insufficient data" and g.get("steps_needed"):
+            measured = meta["steps_completed"] - (meta.get("warmup_steps") or 0)
+            per_text += (f" (a verdict needs {g['steps_needed']} measured steps, this run has "
+                         f"{max(measured, 0)}: run with --steps "
+                         f"{g['steps_needed'] + (meta.get('warmup_steps') or 0)} or more)")
         lines.append(f"memory ({g['metric']}): {g['verdict']}{per_text}")
     a = meta.get("attribution")
     if a:
@@ -263,8 +271,16 @@ def _profile_summary(meta: dict) -> str:
         lines.append("WARNING: measured under load: " + "; ".join(load["under_load_reasons"]))
     nv = meta.get("nvml") or {}
     lines.append("nvml: sampled" if nv.get("available") else f"nvml: {nv.get('reason')}")
+    t_rec = t.get("record_s")
+    if t_rec is not None and t.get("total_s"):
+        lines.append(f"record: {t['heartbeats']} heartbeats (steps.csv rows + run.json) took "
+                     f"{t_rec:.3f} s, {100 * t_rec / t['total_s']:.2f}% of the run")
     if meta.get("error"):
         lines.append(f"error: {meta['error']['type']}: {meta['error']['message']}")
+    if meta.get("record_error"):
+        hb = meta.get("heartbeat") or {}
+        lines.append(f"run.json could not be updated ({meta['record_error']}); it keeps its "
+                     f"last heartbeat ({hb.get('steps_completed', 0)} steps, status running)")
     return "\n".join(lines)
 
 
@@ -286,9 +302,16 @@ def _run_profile(args: argparse.Namespace) -> int:
     print(f"profiling {what} on {device} ({options.mode}, "
           f"{options.steps} steps) -> {options.run_dir}", file=sys.stderr, flush=True)
     meta = run_profile(options, config, device, make_workload)
+    if meta.get("kept_previous_run"):
+        error = meta.get("error") or {}
+        raise RunDirError(f"the new run {meta['status']} before recording a step "
+                          f"({error.get('type')}: {error.get('message')}); {options.run_dir} "
+                          f"keeps the previous run")
     print(options.trace_dir or options.run_dir)
     print(_profile_summary(meta))
     codes = {"complete": 0, "interrupted": InterruptedRun.exit_code, "failed": 1, "oom": 1}
+    if meta.get("record_error"):
+        return 1
     return codes.get(meta["status"], 1)
 
 
@@ -329,6 +352,8 @@ def _percent(text: str) -> float:
 
 
 def _run_report(args: argparse.Namespace) -> int:
+    import time
+
     from profiler.analyze.report import ReportConfig, build_report, regressions
     from profiler.analyze.stats import StatsConfig
     from profiler.errors import RegressionError, UsageError
@@ -345,16 +370,24 @@ def _run_report(args: argparse.Namespace) -> int:
     def progress(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
+    if args.top < 0 or args.resamples < 1 or args.min_bytes < 0 or not 0 <= args.min_ms < 1e12:
+        raise UsageError("--top and --min-bytes must be >= 0, --resamples >= 1 and --min-ms a "
+                         f"finite number >= 0; got {args.top}, {args.min_bytes}, "
+                         f"{args.resamples}, {args.min_ms}")
     base, new = load_run(args.base, progress), load_run(args.new, progress)
+    t0 = time.perf_counter()
+    progress(f"comparing {base.name} ({len(base.steps)} steps) with {new.name} "
+             f"({len(new.steps)} steps), {args.resamples} bootstrap resamples ...")
     report = build_report(base, new, ReportConfig(stats=stats, top_operators=args.top,
                                                   force=args.force))
+    progress(f"compared in {time.perf_counter() - t0:.1f} s")
     for warning in report.warnings:
         print(f"WARNING: {warning}", file=sys.stderr)
     out = args.out or default_report_dir(args.base, args.new)
-    try:
-        written = write_report(report, out, gate=args.fail_on_regression)
-    except OSError as exc:
-        raise UsageError(f"cannot write the report to {out}: {exc}") from None
+    t0 = time.perf_counter()
+    progress(f"rendering plots and writing the report to {out} ...")
+    written = write_report(report, out, gate=args.fail_on_regression)
+    progress(f"report written in {time.perf_counter() - t0:.1f} s")
     counts = report.summary["verdict"].value_counts()
     print(f"report: {written['md']}  {written['html']}  {written['csv']}")
     print(", ".join(f"{int(n)} {v}" for v, n in counts.items()))
@@ -495,8 +528,15 @@ def _run_view(args: argparse.Namespace) -> int:
 
 
 # --- entry point -------------------------------------------------------------------------
+def _prog() -> str:
+    """The name the user typed: ``efprof`` from the console script, else ``python -m profiler``."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return name if name and name not in ("__main__.py", "-c", "-m", "cli.py") \
+        else "python -m profiler"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m profiler", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=_prog(), description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_profile(sub)
     _add_report(sub)
@@ -507,15 +547,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.handler(args) or 0)
-    except ProfilerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    from profiler.console import quiet_on_broken_pipe
+
+    # A closed stdout / stderr (``| head``, a lost terminal) never ends a run or a report.
+    with quiet_on_broken_pipe():
+        args = build_parser().parse_args(argv)
+        try:
+            return int(args.handler(args) or 0)
+        except ProfilerError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

@@ -29,3 +29,12 @@ class InterruptedRun(ProfilerError):
     """The profile was interrupted by SIGINT / SIGTERM; the run directory says so."""
 
     exit_code = 130
+
+
+class DiskFullError(ProfilerError):
+    """A write found no space left (ENOSPC / EDQUOT); ``path`` is the file being written."""
+
+    def __init__(self, path: str, detail: str = "") -> None:
+        super().__init__(f"no space left on {path}" + (f" ({detail})" if detail else ""))
+        self.path = path
+

@@ -8,22 +8,27 @@ timings and memory-growth summaries in run.json over the measured steps
 (``analyze.steps`` through ``analyze.timings``, ``analyze.memory``),
 and the TensorBoard scalars (``render.scalars``). ``profiler.profile(...)`` (a user's own
 loop) ends through the same ``postprocess``. Whatever fails here is recorded in run.json's
-``finalize_errors``; the status stays what collection saw.
+``finalize_errors``; the status stays what collection saw, except that a signal during
+post-processing skips the remaining heavy parts and records ``interrupted`` (every file
+already complete stays), and a full disk records ``failed`` ("no space left on <path>").
+The session's stop signals and run-name lock cover post-processing; it releases both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+import pandas as pd
 import torch
 
 from profiler.analyze import steps as step_rules
 from profiler.analyze.memory import memory_growth, pool_rows
 from profiler.analyze.timings import step_timings
-from profiler.analyze.window import window_tables
+from profiler.analyze.window import window_operators, window_tables
 from profiler.collect.distributed import (
     combine,
     gather_summaries,
@@ -31,10 +36,11 @@ from profiler.collect.distributed import (
     shutdown,
     wait_for_ranks,
 )
+from profiler.collect.progress import duration
 from profiler.collect.session import ProfileOptions, ProfileSession
-from profiler.collect.signals import StopSignals
+from profiler.collect.signals import StopRequested, StopSignals
 from profiler.collect.tracing import ensure_distributed_info
-from profiler.parse.trace import ScopeRules, read_frames, read_trace
+from profiler.parse.trace import ScopeRules, TraceFrames, read_frames, read_trace
 from profiler.render.scalars import ScalarWriter
 from profiler.rundir import (
     ALLOCATION_COLUMNS,
@@ -53,8 +59,9 @@ def run_profile(options: ProfileOptions, config: Any, device: torch.device,
     """Profile ``make_workload``'s workload into ``options.run_dir``; run.json's contents."""
     session = ProfileSession(options, config, device, make_workload, log=log)
     if options.rank is None or not options.rank.distributed:
-        session.run()
-        return postprocess(session)
+        with session._stop:  # a signal during post-processing is the run's to record
+            session.run()
+            return postprocess(session)
     # torchrun asks every rank to stop (SIGTERM) once one fails, or on Ctrl-C, and kills
     # them 30 s later: the finishing is not cut short by that request (the session's own
     # handler turns it into "interrupted" during the steps).
@@ -94,27 +101,53 @@ def finish_ranks(session: ProfileSession, own_group: bool) -> None:
 
 
 def postprocess(session: ProfileSession) -> dict[str, Any]:
-    """Derived tables, summaries and scalars of a finished session; run.json's contents."""
-    writer, o = session.writer, session.o
-    problems: list[str] = list(writer.meta.get("finalize_errors") or [])
+    """Derived tables, summaries and scalars of a finished session; run.json's contents.
+    Releases the run name when done."""
+    # a multi-rank run's finishing defers signals (run_profile, api.profile): not recorded here
+    distributed = session.o.rank is not None and session.o.rank.distributed
+    try:
+        with contextlib.nullcontext() if distributed else session._stop:
+            return _postprocess(session)
+    finally:
+        session.close()
 
-    def attempt(what: str, fn: Callable[[], Any]) -> Any:
+
+def _postprocess(session: ProfileSession) -> dict[str, Any]:
+    writer, o = session.writer, session.o
+    if writer.meta.get("kept_previous_run"):
+        return writer.meta  # an --overwrite run with no step: nothing of it was kept
+    problems: list[str] = list(writer.meta.get("finalize_errors") or [])
+    skipped: list[str] = []
+    disk_full = list(session.disk_full)
+    signals_before = session.signals_at_end
+
+    def attempt(what: str, fn: Callable[[], Any], heavy: bool = False) -> Any:
+        if heavy and session._stop.count > signals_before:
+            skipped.append(what)
+            return None
         try:
             return fn()
+        except StopRequested:
+            skipped.append(what)
         except Exception as exc:
-            problems.append(f"{what}: {type(exc).__name__}: {exc}")
-            return None
+            err = session.error(exc)
+            if err["type"] == "DiskFull":
+                disk_full.append(err["message"])
+            problems.append(f"{what}: {err['type']}: {err['message']}")
+        return None
 
     category_rows: list[dict[str, Any]] = []
     if session.trace is not None and session.trace.files:
-        window = attempt("trace", lambda: _window(session))
-        if window is not None:
-            category_rows.extend(window)
+        read = attempt("operators", lambda: _read_window(session))
+        if read is not None:
+            window = attempt("trace", lambda: _window(session, *read), heavy=True)
+            if window is not None:
+                category_rows.extend(window)
     for step, stats in session.pool_log:
         category_rows.extend(pool_rows(step, stats))
     if category_rows:
         attempt("categories", lambda: writer.write_csv(MEMORY_BY_CATEGORY_CSV, category_rows,
-                                                       MEMORY_COLUMNS))
+                                                       MEMORY_COLUMNS), heavy=True)
     rows = list(session.rows)
     # one definition of the measured steps and of throughput (profiler.analyze.steps)
     writer.meta["timings"].update(step_timings(rows, o.measure_overhead))
@@ -124,19 +157,34 @@ def postprocess(session: ProfileSession) -> dict[str, Any]:
             steps = steps.drop(columns="instrumented")
         writer.update(memory_growth=memory_growth(steps[step_rules.measured_mask(steps)]))
     if o.mode != "bare":
-        attempt("scalars", lambda: _scalars(session, rows, category_rows))
+        attempt("scalars", lambda: _scalars(session, rows, category_rows), heavy=True)
+    status, error = writer.meta["status"], writer.meta["error"]
+    if session._stop.count > signals_before:
+        status = "interrupted"
+        error = {"type": "StopRequested",
+                 "message": f"stopped by {session._stop.signame} during post-processing"
+                            + (f"; not written: {', '.join(skipped)}" if skipped else "")}
+    elif disk_full and status in ("complete", "interrupted"):
+        status, error = "failed", {"type": "DiskFull", "message": disk_full[0]}
+    writer.update(status=status, error=error)
+    if isinstance(writer.meta.get("heartbeat"), dict):
+        writer.meta["heartbeat"]["phase"] = "finished"
     if problems:
         writer.update(finalize_errors=problems)
-    writer.write_run()
+    session.write_final_run()
     return writer.meta
 
 
-def _window(session: ProfileSession) -> list[dict[str, Any]]:
-    """The trace window's tables written; memory_by_category rows returned."""
-    o, writer = session.o, session.writer
+def _read_window(session: ProfileSession) -> tuple[list[TraceFrames], pd.DataFrame, float]:
+    """The trace files parsed and operators.csv written (before the heavy part, so that a
+    signal during it still leaves operators.csv); (frames, operators, seconds taken)."""
+    writer = session.writer
     assert session.trace is not None
     t0 = time.perf_counter()
-    paths = [o.traces_in / f for f in session.trace.files]
+    paths = [session.trace.run_dir / f for f in session.trace.files]
+    size = sum(p.stat().st_size for p in paths if p.exists())
+    session.say(f"reading the trace window ({len(paths)} file(s), {size / 2**20:.1f} MiB) "
+                f"for operators.csv ...")
     frames = []
     for path in paths:
         f = read_frames(path)
@@ -145,28 +193,44 @@ def _window(session: ProfileSession) -> list[dict[str, Any]]:
         if "distributedInfo" not in f.metadata or session.device.type == "cuda":
             ensure_distributed_info(path, read_trace(path))
         frames.append(f)
+    operators = window_operators(frames)
+    writer.write_csv(OPERATORS_CSV, operators, OPERATOR_COLUMNS)
+    return frames, operators, time.perf_counter() - t0
+
+
+def _window(session: ProfileSession, frames: list[TraceFrames], operators: pd.DataFrame,
+            read_s: float) -> list[dict[str, Any]]:
+    """The trace window's allocations written, the attribution check recorded;
+    memory_by_category rows returned. Stops between its parts for a signal."""
+    o, writer = session.o, session.writer
+    assert session.trace is not None
+    t0 = time.perf_counter()
+    session.say("post-processing the trace window: allocations and memory per category ...")
+    session.check_stop()
     tolerance = o.tolerance_bytes
     if tolerance is None:
         tolerance = 0 if session.device.type == "cpu" else 1 << 20
     device = "cpu" if session.device.type == "cpu" else f"cuda:{session.device.index or 0}"
     scopes = session.scope_declarations()
     tables = window_tables(frames, session.trace.probes, device, tolerance,
-                           ScopeRules.from_json(scopes))
+                           ScopeRules.from_json(scopes), operators)
+    session.check_stop()
     writer.write_csv(ALLOCATIONS_CSV, tables.allocations, ALLOCATION_COLUMNS)
-    writer.write_csv(OPERATORS_CSV, tables.operators, OPERATOR_COLUMNS)
     check = dict(tables.attribution)
     check["view"] = "region"
     check["scopes"] = {k: v for k, v in scopes.items() if k != "module_depth"}
     if scopes["module_depth"] is not None:
         check["module_depth"] = scopes["module_depth"]
     writer.update(attribution=check)
-    writer.meta["timings"]["trace_postprocess_s"] = round(time.perf_counter() - t0, 3)
+    took = read_s + time.perf_counter() - t0
+    writer.meta["timings"]["trace_postprocess_s"] = round(took, 3)
+    session.say(f"post-processed the trace window in {duration(took)}")
     return tables.memory_by_category.to_dict("records")
 
 
 def _scalars(session: ProfileSession, rows: list[dict[str, Any]],
              category_rows: list[dict[str, Any]]) -> None:
-    scalars = ScalarWriter(session.o.run_dir)
+    scalars = ScalarWriter(session.writer.run_dir)
     try:
         scalars.steps(rows)
         scalars.categories(category_rows)

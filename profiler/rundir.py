@@ -11,14 +11,19 @@ column says otherwise.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import fcntl
 import json
 import os
-import tempfile
+import secrets
+import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # run.json: newer versions are refused by the reader, older ones noted
 
 # The run's metadata, JSON. Named .jsonc (JSON is valid JSONC) so that trace tools that load
 # every *.json / *.gz file of a directory as a trace (HolisticTraceAnalysis) skip it;
@@ -43,6 +48,9 @@ STATUSES = ("running", "complete", "interrupted", "failed", "oom")
 PHASES = ("warmup", "measured")  # steps.csv "phase": warm-up rows stay out of statistics
 VIEWS = ("region", "role", "pool")  # memory_by_category.csv "view"
 STEP_PARTS = ("forward", "backward", "optimizer")  # phases with a steps.csv <phase>_ms column
+# Read side only: a ``running`` record whose writer is gone (lock free, process dead, or
+# heartbeat stale) is reported as ``killed``; no writer ever writes it.
+KILLED = "killed"
 
 # steps.csv: one row per training step.
 STEPS_COLUMNS = (
@@ -156,35 +164,121 @@ PHASE_MARK_PREFIX = "profiler.phase_end."  # profiler.phase_end.<phase>#<step>: 
 TENSOR_ROLES = ("parameter", "gradient", "optimizer_state", "activation", "temporary", "other")
 
 
-def atomic_write_text(path: Path | str, text: str) -> None:
+def atomic_write_text(path: Path | str, text: str, sync: bool = True) -> None:
     """Write ``text`` to ``path`` via a temporary file and rename (never half-written)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"), sync)
 
 
-def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    atomic_write(path, lambda handle: handle.write(data))
+def atomic_write_bytes(path: Path | str, data: bytes, sync: bool = True) -> None:
+    atomic_write(path, lambda handle: handle.write(data), sync)
 
 
-def atomic_write(path: Path | str, write: Callable[[BinaryIO], object]) -> None:
+def atomic_write(path: Path | str, write: Callable[[BinaryIO], object],
+                 sync: bool = True) -> None:
     """Create ``path`` through ``write(binary_file)`` on a temporary file in the same folder,
     fsync and rename: readers see the old file or the whole new one, never a part. (The
-    model keeps its own copy for checkpoints: it never imports the profiler.)"""
+    model keeps its own copy for checkpoints: it never imports the profiler.)
+    ``sync=False`` leaves the fsync to the caller (the rename is still atomic for readers
+    and survives the process being killed; only a machine crash needs the fsync).
+
+    The temporary file is created with mode 0666 minus the umask (as ``open`` would), not
+    ``mkstemp``'s 0600: a run is readable by whoever the user's umask allows.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
-            os.fsync(handle.fileno())
+            if sync:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 
 
-def write_json(path: Path | str, payload: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+def run_json_bytes(payload: dict[str, Any]) -> bytes:
+    return (json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
+
+
+def write_json(path: Path | str, payload: dict[str, Any], sync: bool = True) -> None:
+    atomic_write_bytes(path, run_json_bytes(payload), sync)
+
+
+def staging_dir(target: Path | str, tag: str = "new") -> Path:
+    """A new empty directory beside ``target`` (same file system, so it can be renamed into
+    place), named ``.<target>.<tag>-<pid>-<random>``, mode 0777 minus the umask."""
+    target = Path(target)
+    path = target.with_name(f".{target.name}.{tag}-{os.getpid()}-{secrets.token_hex(3)}")
+    os.mkdir(path, 0o777)
+    return path
+
+
+def replace_directory(staged: Path | str, target: Path | str) -> None:
+    """Put the directory ``staged`` at ``target`` as one unit, then delete the old ``target``.
+
+    On Linux an existing target is swapped in one ``renameat2(RENAME_EXCHANGE)`` call, so a
+    reader sees the old directory whole or the new one whole; elsewhere (or on a file system
+    without it) the old one is renamed aside first, leaving a moment with no ``target``.
+    """
+    staged, target = Path(staged), Path(target)
+    if not target.exists():
+        os.rename(staged, target)
+        return
+    if _exchange(staged, target):
+        shutil.rmtree(staged, ignore_errors=True)  # now the old directory
+        return
+    aside = target.with_name(f".{target.name}.old-{os.getpid()}-{secrets.token_hex(3)}")
+    os.rename(target, aside)
+    os.rename(staged, target)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2); False where the call is unavailable."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def lock_path(run_dir: Path | str) -> Path:
+    """``<out>/.<name>.lock``: held (flock) by the profile writing ``<out>/<name>``; beside the
+    run directory so that it outlives a directory being replaced."""
+    run_dir = Path(run_dir)
+    return run_dir.with_name(f".{run_dir.name}.lock")
+
+
+def lock_held(run_dir: Path | str) -> bool | None:
+    """True if a live process holds ``run_dir``'s lock, False if the lock file is there but
+    free (its writer died: the kernel drops a dead process's flock), None without one."""
+    try:
+        fd = os.open(lock_path(run_dir), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return False
 
 
 def run_json_path(run_dir: Path | str) -> Path:
@@ -245,14 +339,20 @@ def trace_files(run_dir: Path | str) -> list[Path]:
 #   "ranks": [{"rank", "host", "device", "status", "error"}], "failed_ranks",
 #   "missing_ranks"; the top-level status is then the whole run's: complete only when
 #   every rank completed), host_load (collect.hostload.HostLoad.end: CPU model, threads, governor, load before /
-#   during / after, other_busy_cores, under_load; null until the run ends).
-# Only on some runs: memory_at_failure (failed / oom: allocator state),
+#   during / after, other_busy_cores, under_load; null until the run ends), heartbeat
+#   ({"at", "ts", "phase" ("steps", "post-processing", "finished"), "steps_completed",
+#   "pid", "host", "interval_steps", "every_s"}: rewritten every --monitor-interval steps;
+#   a running record whose writer is gone reads as KILLED).
+# Only on some runs: record_error (the last run.json update that could not be written),
+#   kept_previous_run (returned only: an --overwrite run that recorded no step),
+#   memory_at_failure (failed / oom: allocator state),
 #   finalize_errors (what could not be written while finishing), memory_history (CUDA:
 #   the allocation-history recording, collect.stats.CudaSnapshot.to_json).
 RUN_JSON_KEYS = (
     "schema_version", "name", "status", "error", "command", "config", "seeds", "versions",
     "device", "host", "git_revision", "started_at", "ended_at", "steps_requested",
     "steps_completed", "warmup_steps", "nvml", "trace", "attribution", "timings",
-    "memory_growth", "environment", "distributed", "host_load",
+    "memory_growth", "environment", "distributed", "host_load", "heartbeat",
 )
-OPTIONAL_RUN_JSON_KEYS = ("memory_at_failure", "finalize_errors", "memory_history")
+OPTIONAL_RUN_JSON_KEYS = ("memory_at_failure", "finalize_errors", "memory_history",
+                          "record_error", "kept_previous_run")

@@ -21,6 +21,7 @@ from profiler.analyze import steps as step_rules
 from profiler.analyze.report import ReportConfig, build_report
 from profiler.cli import main
 from profiler.collect.modules import ModuleScopes, auto_depth
+from profiler.errors import RunDirError
 from profiler.parse.run import load_run
 from profiler.rundir import (
     LEGACY_RUN_JSON,
@@ -174,6 +175,30 @@ def test_failures_inside_the_block_leave_their_status(tmp_path):
     meta = json.loads((tmp_path / "failed" / RUN_JSON).read_text())
     assert meta["status"] == "failed" and meta["error"]["type"] == "ZeroDivisionError"
     assert pd.read_csv(tmp_path / "failed" / "steps.csv")["loss"].tolist() == [1.0]
+
+
+def test_a_user_loop_keeps_the_record_as_it_goes_and_holds_its_name(tmp_path):
+    run_dir = tmp_path / "live"
+    with profiler.profile(run_dir, mode="light", monitor_interval=2, log=None) as prof:
+        for i in range(5):
+            prof.step(loss=float(i))
+            if i == 3:  # two heartbeats so far: steps 0-3 on disk, a running record
+                steps = pd.read_csv(run_dir / "steps.csv")
+                assert steps["step"].tolist() == [0, 1, 2, 3]
+                assert steps["loss"].tolist() == [0.0, 1.0, 2.0, 3.0]
+                meta = json.loads((run_dir / RUN_JSON).read_text())
+                assert meta["status"] == "running"
+                assert meta["heartbeat"]["pid"] == os.getpid()
+                assert meta["heartbeat"]["steps_completed"] in (2, 4)  # the 2nd: background
+                assert load_run(run_dir).status == "running"  # its writer is alive
+                with pytest.raises(RunDirError, match="in use by another profile"):
+                    with profiler.profile(run_dir, mode="light", overwrite=True, log=None):
+                        pass
+    meta = json.loads((run_dir / RUN_JSON).read_text())
+    assert meta["status"] == "complete" and meta["steps_completed"] == 5
+    assert meta["heartbeat"]["phase"] == "finished" and meta["timings"]["heartbeats"] == 2
+    assert pd.read_csv(run_dir / "steps.csv")["step"].tolist() == [0, 1, 2, 3, 4]
+    assert [p.name for p in tmp_path.iterdir()] == ["live"]  # lock released, nothing staged
 
 
 def test_bad_arguments_raise_before_anything_is_written(tmp_path):

@@ -226,6 +226,14 @@ def attribution_check(events: pd.DataFrame, category: str, device: str,
             "by_category": {str(k): int(v) for k, v in by_cat.items()}}
 
 
+def measured_steps_needed(min_steps: int = 20, settle_fraction: float = 0.25) -> int:
+    """Fewest measured steps that leave ``min_steps`` after the settling fraction is cut."""
+    n = min_steps
+    while n - int(n * settle_fraction) < min_steps:
+        n += 1
+    return n
+
+
 def memory_growth(steps_df: pd.DataFrame, *, min_steps: int = 20, settle_fraction: float = 0.25,
                   abs_threshold_bytes: float = 1 << 20, rel_threshold: float = 0.01
                   ) -> dict[str, Any]:
@@ -242,7 +250,8 @@ def memory_growth(steps_df: pd.DataFrame, *, min_steps: int = 20, settle_fractio
     - threshold_bytes: max(abs_threshold_bytes, rel_threshold * start_bytes);
     - verdict: "leak" when both the fitted total growth and the last-minus-first
       quarter difference exceed the threshold, "stable" otherwise,
-      "insufficient data" under ``min_steps`` steps in the range.
+      "insufficient data" under ``min_steps`` steps in the range;
+    - steps_needed: measured steps a verdict needs (``measured_steps_needed``).
     """
     df = steps_df
     if "phase" in df:
@@ -255,7 +264,8 @@ def memory_growth(steps_df: pd.DataFrame, *, min_steps: int = 20, settle_fractio
     out: dict[str, Any] = {"metric": metric, "steps": int(len(df)), "start_bytes": None,
                            "end_bytes": None, "growth_bytes_per_step": None,
                            "growth_bytes_total": None, "threshold_bytes": None,
-                           "verdict": "insufficient data"}
+                           "verdict": "insufficient data",
+                           "steps_needed": measured_steps_needed(min_steps, settle_fraction)}
     if len(df) < min_steps:
         return out
     x = df["step"].to_numpy(dtype=np.float64)

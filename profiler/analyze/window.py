@@ -50,18 +50,25 @@ def merge_operators(tables: list[pd.DataFrame]) -> pd.DataFrame:
     return df.sort_values("total_us", ascending=False)[list(OPERATOR_COLUMNS)]
 
 
+def window_operators(traces: list[TraceFrames]) -> pd.DataFrame:
+    """operators.csv of the traced window (OPERATOR_COLUMNS, summed over the trace files)."""
+    return merge_operators([operator_table(frames) for frames in traces])
+
+
 def window_tables(traces: list[TraceFrames], probes: Mapping[str, Mapping[int, str]],
-                  device: str, tolerance_bytes: int,
-                  rules: ScopeRules | None = None) -> WindowTables:
+                  device: str, tolerance_bytes: int, rules: ScopeRules | None = None,
+                  operators: pd.DataFrame | None = None) -> WindowTables:
     """The tables of the traced window of one process on ``device`` ("cpu" | "cuda:N").
 
     ``probes``: phase-marker name -> {storage address: role} snapshots taken by the
     collector (the role view's parameters, gradients and optimizer state). ``rules``:
-    which scopes are region categories (default: every user scope and module scope)."""
+    which scopes are region categories (default: every user scope and module scope).
+    ``operators``: ``window_operators(traces)`` when already computed."""
     rules = rules or ScopeRules()
-    events, operators = [], []
+    if operators is None:
+        operators = window_operators(traces)
+    events = []
     for frames in traces:
-        operators.append(operator_table(frames))
         ev = attribute_memory(frames, rules)
         marks = phase_marks(frames.annotations)
         probe_list = []

@@ -7,14 +7,23 @@ them (parse -> analyze -> render: window tables, summaries, TensorBoard scalars)
 Modes: ``bare`` (no instrumentation, no synchronization: the reference),
 ``light`` (device-synchronized phase times, allocator stats, RSS, NVML, scalars),
 ``full`` (light + a torch.profiler trace window with memory profiling).
-Whatever happens (completion, SIGINT/SIGTERM, a crash, CUDA OOM), ``finish``
-writes everything collected so far and a run.json with the status.
+Whatever happens (completion, SIGINT/SIGTERM, a crash, CUDA OOM, a full disk),
+``end`` writes everything collected so far and a run.json with the status.
+
+The record survives a stop the process never sees (SIGKILL, a lost node): every
+``monitor_interval`` steps the new steps.csv rows are appended and fsynced and
+run.json gets a heartbeat (steps completed, time, pid, host), so at most the steps
+since the last heartbeat are missing, and a reader can tell a dead run from a live one.
+The run name is locked (``rundir.lock_path``) from ``begin`` to ``close``; an
+``--overwrite`` run is staged beside the old one and moves into place at its first
+heartbeat.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -30,11 +39,23 @@ from profiler.collect.failure import failure_status
 from profiler.collect.hostload import HostLoad, cpu_model
 from profiler.collect.modules import ModuleScopes
 from profiler.collect.nvml import NvmlConfig, NvmlSampler
+from profiler.collect.progress import StepProgress
 from profiler.collect.signals import StopRequested, StopSignals
 from profiler.collect.stats import CudaSnapshot, StepMemory, sync, trim_heap
 from profiler.collect.tracing import TraceSchedule, TraceSession
 from profiler.collect.workload import Workload, role_tensors_of
-from profiler.collect.writer import RunWriter, device_info, git_revision, host, utc_now, versions
+from profiler.collect.writer import (
+    BackgroundRecord,
+    RowAppender,
+    RunWriter,
+    device_info,
+    git_revision,
+    host,
+    no_space,
+    utc_now,
+    versions,
+)
+from profiler.errors import DiskFullError
 from profiler.rundir import (
     COLLECTOR_STEPS_COLUMNS,
     COMM_STEPS_COLUMNS,
@@ -43,6 +64,7 @@ from profiler.rundir import (
     NVML_CSV,
     OPTIONAL_STEPS_COLUMNS,
     RANK_COLUMN,
+    RUN_JSON,
     STEPS_COLUMNS,
     STEPS_CSV,
 )
@@ -57,7 +79,6 @@ ENVIRONMENT_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ONEDNN_PRIMITIVE_CACH
 # end_ts, traced, alloc_count, alloc_bytes, heap_bytes (instrumented: overhead runs only);
 # see profiler.rundir.COLLECTOR_STEPS_COLUMNS and profiler.collect.stats.StepMemory
 STEP_EXTRA_COLUMNS = COLLECTOR_STEPS_COLUMNS[:-1]
-CSV_FLUSH_S = 30.0  # least seconds between in-loop rewrites of steps.csv
 
 
 class StepLog:
@@ -177,26 +198,42 @@ class ProfileSession:
         self.modules: ModuleScopes | None = None
         self.comm: CommTimer | None = None
         self.span_base: int | None = None  # multi-rank: the traces' shared name stamp
-        self._csv_written = time.monotonic()
+        self.steps_file: RowAppender | None = None  # created at the first heartbeat
+        self.progress: StepProgress | None = None
+        self._appended = 0  # rows handed to steps_file
+        self._record_s = 0.0  # time spent writing heartbeats (steps.csv rows + run.json)
+        self._heartbeats = 0
+        self._last_beat: float | None = None
+        self._record: BackgroundRecord | None = None
         self._stop = StopSignals()
+        self.signals_at_end = 0  # signals received before end(): they ended the steps
+        self.disk_full: list[str] = []  # "no space left on <path>" of what end() could not write
 
     # --- the run ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Drive ``make_workload``'s workload for ``options.steps`` steps; the run's metadata."""
-        self.begin()
-        t_start = time.perf_counter()
-        try:
-            with self._stop:
-                self._loop()
-        except BaseException as exc:
-            status, error, at_failure = self.failure(exc)
-            if status is None:
-                raise
-            return self.end(status, error, at_failure, time.perf_counter() - t_start)
-        return self.end("complete", None, None, time.perf_counter() - t_start)
+        with self._stop:  # re-entrant: the profile facade holds it through post-processing
+            self.begin()
+            t_start = time.perf_counter()
+            try:
+                try:
+                    self._loop()
+                finally:
+                    self.stop_progress()
+            except BaseException as exc:
+                status, error, at_failure = self.failure(exc)
+                if status is None:
+                    self.close()
+                    raise
+                return self.end(status, error, at_failure, time.perf_counter() - t_start)
+            return self.end("complete", None, None, time.perf_counter() - t_start)
 
     def begin(self) -> None:
-        """Create the run directory and write run.json with status ``running``."""
+        """Lock the run name, create the run directory (staged beside an old run with
+        ``overwrite``) and write run.json with status ``running``. Raises ``ConfigError``
+        (a device that does not exist), ``RunDirError`` (the name is taken or in use, the
+        directory cannot be made) or ``DiskFullError`` (not even the first run.json fits)
+        before any step; after that, every outcome is a status in the record."""
         from energy_flow.runtime import resolve_device
 
         o = self.o
@@ -207,12 +244,34 @@ class ProfileSession:
         if ordered and o.rank_index > 0:
             dist.barrier()  # rank 0 has created (or replaced) the run directory
         self.writer.create(o.overwrite)
+        try:
+            self._begin()
+        except BaseException:
+            self.close()
+            raise
+        self.progress = None if self.log is None else StepProgress(
+            o.steps, self.log, every_steps=o.monitor_interval)
+
+    def close(self) -> None:
+        """Release the run name (after post-processing: the lock covers the whole run)."""
+        self.writer.close()
+
+    def stop_progress(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+
+    def _begin(self) -> None:
+        o = self.o
+        import torch.distributed as dist
+
+        ordered = o.rank is not None and o.rank.distributed and dist.is_initialized()
         if ordered and o.rank_index == 0:
             dist.barrier()
         if ordered:  # one trace name per window for every rank (TensorBoard's span)
             from profiler.collect.distributed import broadcast
 
             self.span_base = int(broadcast(time.time_ns() // 1000))
+        self.snapshot.path = str(self.writer.run_dir / CUDA_SNAPSHOT)  # staged until committed
         config = {"preset": o.preset, "overrides": o.overrides, "variant": o.variant,
                   "pool": o.pool, "mode": o.mode, "workload": o.workload,
                   "model": self.config.to_dict() if hasattr(self.config, "to_dict")
@@ -233,7 +292,19 @@ class ProfileSession:
             timings={}, memory_growth=None,
             environment={k: os.environ.get(k) for k in ENVIRONMENT_KEYS if k in os.environ},
             distributed=o.rank.to_json(self.device) if o.rank is not None else None)
-        self.writer.write_run()
+        self._beat("steps")
+        try:
+            self.writer.write_run()
+        except BaseException:
+            # Not even the first record fits: leave nothing behind (an old run stays whole).
+            if self.writer.staged:
+                self.writer.discard()
+            else:
+                with contextlib.suppress(OSError):
+                    for f in self.writer.run_dir.iterdir():
+                        f.unlink()
+                    self.writer.run_dir.rmdir()
+            raise
         self.host_load.begin()
 
     def failure(self, exc: BaseException) -> tuple[str | None, dict | None, dict | None]:
@@ -251,8 +322,26 @@ class ProfileSession:
             error["message"] = str(exc) or "KeyboardInterrupt"
             return "interrupted", error, None
         if isinstance(exc, Exception):  # CUDA, cuBLAS, cuDNN, driver and CPU OOMs give "oom"
-            return failure_status(exc), error, self._failure_state()
+            return failure_status(exc), self.error(exc), self._failure_state()
         return None, None, None
+
+    def error(self, exc: BaseException) -> dict[str, str]:
+        """run.json ``error`` of a failure; a full disk reads "no space left on <path>"."""
+        if isinstance(exc, DiskFullError):
+            return {"type": "DiskFull", "message": str(exc)}
+        if isinstance(exc, OSError) and no_space(exc):
+            return {"type": "DiskFull",
+                    "message": f"no space left on {exc.filename or self.writer.run_dir}"}
+        if "No space left on device" in str(exc):  # raised through torch's C++ writers
+            return {"type": "DiskFull", "message": f"no space left on {self.writer.run_dir}"}
+        return {"type": type(exc).__name__, "message": str(exc)}
+
+    def say(self, message: str) -> None:
+        """A line for the user (above the progress bar on a terminal); nothing when silent."""
+        if self.progress is not None:
+            self.progress.say(message)
+        elif self.log is not None:
+            print(message, file=self.log, flush=True)
 
     def start_collectors(self, workload: Any) -> None:
         """NVML sampler and (full mode) the trace session, for ``workload``; before step 0."""
@@ -263,9 +352,9 @@ class ProfileSession:
             self.writer.update(nvml=status.to_json(o.nvml.interval_s))
             self.writer.meta["versions"].update(driver=status.driver, nvml=status.nvml_version)
         if o.mode == "full":
-            self.trace = TraceSession(o.traces_in, o.trace, self.device,
+            self.trace = TraceSession(self._trace_dir(), o.trace, self.device,
                                       worker_name=f"rank{o.rank_index}",
-                                      span_base=self.span_base)
+                                      span_base=self.span_base, say=self.say)
             module = getattr(workload, "module", None)
             if module is not None:
                 self.modules = ModuleScopes(module, o.module_depth)
@@ -294,7 +383,9 @@ class ProfileSession:
         if o.mode != "bare" and o.pool != "off" and hasattr(self.workload, "pool_stats"):
             self.pool_log.append((i, self.workload.pool_stats()))
         if (i + 1) % o.monitor_interval == 0 or (o.steps and i + 1 == o.steps):
-            self._monitor(i)
+            self._heartbeat()
+        if self.progress is not None:
+            self.progress.step(i + 1, self.rows[-1])
 
     def _sync_module_scopes(self) -> None:
         """Module scopes are installed only while torch.profiler records (no cost otherwise)."""
@@ -309,8 +400,11 @@ class ProfileSession:
         t0 = time.perf_counter()
         if self.make_workload is None:
             raise ValueError("run() needs make_workload; profiler.profile drives its own steps")
+        self.say("building the workload (model, optimizer, data) ...")
         workload = self.make_workload(self.config, self.device, o.pool)
         self.writer.meta["timings"]["setup_s"] = round(time.perf_counter() - t0, 3)
+        self.say(f"workload ready in {time.perf_counter() - t0:.1f} s; {o.steps} steps, "
+                 f"record every {o.monitor_interval} steps in {self.writer.target}")
         self.start_collectors(workload)
         with self.trace if self.trace is not None else contextlib.nullcontext():
             self._sync_module_scopes()
@@ -363,33 +457,78 @@ class ProfileSession:
         self.snapshot.guard(i, row["peak_bytes"], row["reserved_bytes"])
         return row
 
-    def _monitor(self, i: int) -> None:
-        self.host_load.sample()
-        row = self.rows[-1]
-        rss = row.get("rss_bytes")
-        mem = f" rss {rss / 2**20:.0f} MiB" if rss else ""
-        if row.get("allocated_bytes") is not None:
-            mem += f" allocated {row['allocated_bytes'] / 2**20:.1f} MiB"
-        loss = "" if row.get("loss") is None else f" loss {float(row['loss']):.5g}"
-        total = f"/{self.o.steps}" if self.o.steps else ""
-        if self.log is not None:
-            print(f"step {i + 1}{total} wall {row['wall_ms']:.1f} ms{loss}{mem}",
-                  file=self.log, flush=True)
-        # Every exit path rewrites steps.csv in full (end); in the loop, a rewrite (whose
-        # cost grows with the run) at most every CSV_FLUSH_S, so only a SIGKILL loses rows
-        # and the loop pays it rarely.
-        if time.monotonic() - self._csv_written >= CSV_FLUSH_S:
-            self._flush_steps()
+    def _beat(self, phase: str) -> None:
+        now = time.time()
+        last = self._last_beat
+        self._last_beat = now
+        self.writer.update(steps_completed=len(self.rows), heartbeat={
+            "at": utc_now(), "ts": round(now, 3), "phase": phase,
+            "steps_completed": len(self.rows), "pid": os.getpid(), "host": socket.gethostname(),
+            "interval_steps": self.o.monitor_interval,
+            "every_s": None if last is None else round(now - last, 3)})
 
-    def _flush_steps(self) -> None:
-        columns = self.rows.csv_columns(self.o.measure_overhead)
-        self.writer.write_csv(STEPS_CSV, self.rows.frame(columns), columns)
-        self._csv_written = time.monotonic()
+    def _append_rows(self, sync: bool) -> None:
+        """steps.csv grows by the rows since the last call (whole rows, one write). The file
+        is created at the first call, with the columns the rows so far report."""
+        if self.steps_file is None:
+            columns = self.rows.csv_columns(self.o.measure_overhead)
+            self.steps_file = self.writer.appender(STEPS_CSV, columns)
+        for row in self.rows[self._appended:]:
+            self.steps_file.add(row)
+        self._appended = len(self.rows)
+        self.steps_file.flush(sync=sync)
+
+    def _heartbeat(self) -> None:
+        """The record of the steps so far: new steps.csv rows appended and fsynced, run.json
+        with a fresh heartbeat (both written off the training thread after the first one);
+        a staged --overwrite run moves into place at its first one."""
+        t0 = time.perf_counter()
+        self.host_load.sample()
+        self._append_rows(sync=False)
+        self._beat("steps")
+        if self._record is None:  # the first one in this thread: a staged run then moves
+            self.writer.write_run()
+            self.commit()
+            self._record = BackgroundRecord(self.writer.run_dir / STEPS_CSV)
+        else:
+            self._record.submit(self.writer.run_dir / RUN_JSON, self.writer.run_json())
+        self._record_s += time.perf_counter() - t0
+        self._heartbeats += 1
+
+    def _trace_dir(self) -> Path:
+        """Where traces go: a multi-rank run's root, else this run's directory of the moment."""
+        return self.o.trace_dir if self.o.trace_dir is not None else self.writer.run_dir
+
+    def commit(self) -> None:
+        """A staged --overwrite run moves into place; the files open in it follow."""
+        if self.writer.commit():
+            self.snapshot.path = str(self.writer.run_dir / CUDA_SNAPSHOT)
+            if self.trace is not None:
+                self.trace.run_dir = self._trace_dir()
+
+    def _finish_steps(self) -> None:
+        """steps.csv complete: the rows not yet appended, or (when a later row reported a
+        column the file's header lacks) the whole file rewritten atomically."""
+        try:
+            columns = self.rows.csv_columns(self.o.measure_overhead)
+            if self.steps_file is not None and list(self.steps_file.columns) == columns:
+                self._append_rows(sync=True)
+            elif len(self.rows) or self.steps_file is None:
+                if self.steps_file is not None:
+                    self.steps_file.close()
+                    self.steps_file = None
+                self.writer.write_csv(STEPS_CSV, self.rows.frame(columns), columns)
+        finally:
+            if self.steps_file is not None:
+                self.steps_file.close()
+            if self._record is not None:
+                record, self._record = self._record, None
+                record.close()
 
     def _failure_state(self) -> dict[str, Any] | None:
         try:
             state = self.memory.at_failure()
-            if self.snapshot.dump(str(self.o.run_dir / CUDA_SNAPSHOT)):
+            if self.snapshot.dump(str(self.writer.run_dir / CUDA_SNAPSHOT)):
                 state["snapshot"] = CUDA_SNAPSHOT
                 state["snapshot_python_stacks"] = self.snapshot.recording
             return state
@@ -400,26 +539,48 @@ class ProfileSession:
     def end(self, status: str, error: dict | None, at_failure: dict | None,
             elapsed_s: float) -> dict[str, Any]:
         """Write everything collected so far and run.json with ``status`` (a valid run even
-        if post-processing never happens); the metadata."""
+        if post-processing never happens); the metadata. From here a signal no longer stops
+        at once: it skips the remaining post-processing (``profiler.profiling``), which then
+        records ``interrupted``; a full disk fails the parts that do not fit."""
+        self._stop.finishing = True
+        self.signals_at_end = self._stop.count
         problems: list[str] = []
+        self.disk_full = []
 
         def attempt(what: str, fn: Callable[[], None]) -> None:
             try:
                 fn()
             except Exception as exc:
-                problems.append(f"{what}: {type(exc).__name__}: {exc}")
+                err = self.error(exc)
+                if err["type"] == "DiskFull":
+                    self.disk_full.append(err["message"])
+                problems.append(f"{what}: {err['type']}: {err['message']}")
 
         attempt("nvml", self._finish_nvml)
-        attempt("steps", self._flush_steps)
+        attempt("steps", self._finish_steps)
+        if len(self.rows) == 0 and self.writer.staged:
+            # --overwrite and not one step recorded: the old run stays as it was.
+            self.writer.discard()
+            self.writer.update(status=status, error=error, steps_completed=0,
+                               kept_previous_run=True)
+            return self.writer.meta
+        self._beat("post-processing")
+        attempt("run.json", self.writer.write_run)
+        attempt("commit", self.commit)
         if self.trace is not None and self.writer.meta.get("trace") is not None:
             self.writer.meta["trace"]["files"] = list(self.trace.files)
         if self.o.mode == "full" and status == "complete" and not self.snapshot.dumped_with_stacks:
             attempt("snapshot", lambda: None if self.snapshot.dump(
-                str(self.o.run_dir / CUDA_SNAPSHOT)) else None)
+                str(self.writer.run_dir / CUDA_SNAPSHOT)) else None)
         attempt("snapshot-stop", self.snapshot.stop)
         if self.snapshot.active:
             self.writer.update(memory_history=self.snapshot.to_json())
-        self.writer.meta["timings"]["total_s"] = round(elapsed_s, 3)
+        timings = self.writer.meta["timings"]
+        timings["total_s"] = round(elapsed_s, 3)
+        timings["record_s"] = round(self._record_s, 4)  # heartbeats: rows + run.json, fsynced
+        timings["heartbeats"] = self._heartbeats
+        if self.disk_full and status in ("complete", "interrupted"):
+            status, error = "failed", {"type": "DiskFull", "message": self.disk_full[0]}
         self.writer.update(status=status, error=error, ended_at=utc_now(),
                            steps_completed=len(self.rows))
         if at_failure is not None:
@@ -428,12 +589,25 @@ class ProfileSession:
             self.writer.update(finalize_errors=problems)
         # the status first (rank 0 of a multi-rank run waits for it), then the host load
         # (its after-run snapshot of other processes takes a fraction of a second)
-        self.writer.write_run()
+        self.write_final_run()
         attempt("host_load", lambda: self.writer.update(host_load=self.host_load.end()))
         if problems:
             self.writer.update(finalize_errors=problems)
-        self.writer.write_run()
+        self.write_final_run()
         return self.writer.meta
+
+    def write_final_run(self) -> None:
+        """run.json now; when it cannot be written the last valid one (the heartbeat) stays,
+        and ``record_error`` in the returned metadata says why."""
+        try:
+            self.writer.write_run()
+        except Exception as exc:
+            self.writer.update(record_error=self.error(exc)["message"])
+
+    def check_stop(self) -> None:
+        """During post-processing: stop only for a signal that came after the steps ended."""
+        if self._stop.finishing and self._stop.count > self.signals_at_end:
+            raise StopRequested(self._stop.signame or "signal")
 
     def _finish_nvml(self) -> None:
         status = self.nvml.stop()

@@ -12,7 +12,10 @@ each phase end of a recorded step, for the tensor-role view.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +69,7 @@ class TraceSession:
     span_base: int | None = None
     files: list[str] = field(default_factory=list)
     probes: dict[str, dict[int, str]] = field(default_factory=dict)
+    say: Callable[[str], None] = lambda message: None  # the lines around each trace export
     _prof: Any = None
 
     def __enter__(self) -> TraceSession:
@@ -73,8 +77,6 @@ class TraceSession:
         if self.device.type == "cuda":
             activities.append(ProfilerActivity.CUDA)
         s = self.schedule
-        self._handler = torch.profiler.tensorboard_trace_handler(
-            str(self.run_dir), worker_name=self.worker_name, use_gzip=True)
         self._prof = torch.profiler.profile(
             activities=activities,
             schedule=torch.profiler.schedule(wait=s.wait, warmup=s.warmup, active=s.active,
@@ -115,17 +117,32 @@ class TraceSession:
         self.probes[name] = snap
 
     def _on_trace_ready(self, prof: Any) -> None:
-        if self.span_base is not None:
-            name = f"{self.worker_name}.{self.span_base + len(self.files)}.pt.trace.json.gz"
-            prof.export_chrome_trace(str(self.run_dir / name))
-            self.files.append(name)
-            return
-        before = set(p.name for p in self.run_dir.iterdir())
-        self._handler(prof)
-        new = sorted(p.name for p in self.run_dir.iterdir()
+        # The handler is made for the run directory of the moment (a staged --overwrite run
+        # moves into place during the run). A failed export leaves no partial trace behind.
+        run_dir = self.run_dir
+        before = set(p.name for p in run_dir.iterdir())
+        self.say("exporting the torch.profiler trace ...")
+        t0 = time.perf_counter()
+        try:
+            if self.span_base is not None:
+                name = f"{self.worker_name}.{self.span_base + len(self.files)}.pt.trace.json.gz"
+                prof.export_chrome_trace(str(run_dir / name))
+            else:
+                torch.profiler.tensorboard_trace_handler(
+                    str(run_dir), worker_name=self.worker_name, use_gzip=True)(prof)
+        except BaseException:
+            for p in run_dir.iterdir():
+                if p.name not in before and ".pt.trace.json" in p.name:
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+            raise
+        new = sorted(p.name for p in run_dir.iterdir()
                      if p.name not in before and ".pt.trace.json" in p.name
                      and p.name.startswith(self.worker_name + "."))
         self.files.extend(new)
+        size = sum((run_dir / n).stat().st_size for n in new)
+        self.say(f"trace exported in {time.perf_counter() - t0:.1f} s "
+                 f"({', '.join(new)}, {size / 2**20:.1f} MiB)")
 
 
 # Kineto (torch >= 2.0) writes CUDA runtime / driver API calls with these categories;
