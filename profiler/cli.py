@@ -21,7 +21,7 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
         "profile", help="run the model under instrumentation into runs/<name>/",
         description="Train a workload (the built-in energy_flow model, or yours with "
                     "--workload) for a few steps under instrumentation and write a run "
-                    "directory (run.json, steps.csv, memory_by_category.csv, "
+                    "directory (run.jsonc, steps.csv, memory_by_category.csv, "
                     "allocations.csv, operators.csv, nvml.csv, traces, TensorBoard scalars).")
     p.error = _profile_usage_error  # one line on bad options, nothing written
     p.add_argument("--workload", default="energy_flow", metavar="SPEC",
@@ -80,7 +80,7 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
                         "else 300)")
     p.add_argument("--measure-overhead", action="store_true",
                    help="light mode: alternate bare and instrumented steps and report the "
-                        "paired-median overhead in run.json (timings.overhead)")
+                        "paired-median overhead in run.jsonc (timings.overhead)")
     p.set_defaults(handler=_run_profile)
 
 
@@ -273,13 +273,13 @@ def _profile_summary(meta: dict) -> str:
     lines.append("nvml: sampled" if nv.get("available") else f"nvml: {nv.get('reason')}")
     t_rec = t.get("record_s")
     if t_rec is not None and t.get("total_s"):
-        lines.append(f"record: {t['heartbeats']} heartbeats (steps.csv rows + run.json) took "
+        lines.append(f"record: {t['heartbeats']} heartbeats (steps.csv rows + run.jsonc) took "
                      f"{t_rec:.3f} s, {100 * t_rec / t['total_s']:.2f}% of the run")
     if meta.get("error"):
         lines.append(f"error: {meta['error']['type']}: {meta['error']['message']}")
     if meta.get("record_error"):
         hb = meta.get("heartbeat") or {}
-        lines.append(f"run.json could not be updated ({meta['record_error']}); it keeps its "
+        lines.append(f"run.jsonc could not be updated ({meta['record_error']}); it keeps its "
                      f"last heartbeat ({hb.get('steps_completed', 0)} steps, status running)")
     return "\n".join(lines)
 

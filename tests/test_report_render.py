@@ -100,7 +100,7 @@ def test_sections_present(rendered):
     assert ("| **aten::gru** | 5.0 | 5.0 | 4.500 ms | 9.000 ms | +4.500 ms | 6.000 ms "
             "| 12.0 ms | 2.000x |") in md
     assert re.search(r"^\| \*\*new\*\* \| &lt;script>.* \| interrupted \| 3 \| 27 "
-                     r"\| warm-up steps out \| 0 \|$", md,
+                     r"\| warm-up steps out \| 0 \| 0 \|$", md,
                      re.MULTILINE)
     for name in ("memory_over_steps", "step_time", "category_peaks"):
         assert f"(plots/{name}.png)" in md

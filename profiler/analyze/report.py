@@ -57,6 +57,7 @@ class Report:
     stragglers: dict[str, dict[str, Any]] = field(default_factory=dict)
     collectives: dict[str, pd.DataFrame] = field(default_factory=dict)
     scaling: dict[str, Any] | None = None
+    nonfinite: dict[str, int] = field(default_factory=dict)  # side -> NaN / inf cells left out
 
 
 # Per-step metrics of multi-rank runs (analyze.ranks.per_step), gated.
@@ -139,6 +140,7 @@ def build_report(base: Run, new: Run, config: ReportConfig) -> Report:
         stragglers={s: ranks.straggler(t) for s, t in tables.items()},
         collectives={s: ranks.top_collectives(r.rank_operators) for s, r in runs.items()},
         scaling=ranks.scaling(tables["base"], tables["new"]),
+        nonfinite={s: r.nonfinite for s, r in runs.items()},
     )
 
 

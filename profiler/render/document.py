@@ -75,7 +75,10 @@ def build_document(report: Report, plots: set[str], gate: float | None = None) -
     if report.unrecorded:
         doc.append(Para("Not recorded by either run (left out): "
                         + ", ".join(report.unrecorded) + "."))
-    growth = {s: report.growth[s]["verdict"] for s in ("base", "new")}
+    growth = {s: report.growth[s]["verdict"] + (
+        f" (needs {report.growth[s]['steps_needed']} measured steps)"
+        if report.growth[s]["verdict"] == "insufficient data"
+        and report.growth[s].get("steps_needed") else "") for s in ("base", "new")}
     doc.append(Para(f"Memory growth verdict: base {growth['base']}, new {growth['new']} "
                     f"(details under 'Memory growth per step')."))
     summary = report.summary
@@ -114,9 +117,10 @@ def _runs_table(report: Report) -> Table:
     for side in ("base", "new"):
         rows.append([side, report.names[side], report.paths[side], report.statuses[side],
                      str(report.warmup_steps[side]), str(len(report.step_times[side])),
-                     report.measured_rules[side], str(report.skipped_steps[side])])
+                     report.measured_rules[side], str(report.skipped_steps[side]),
+                     str(report.nonfinite.get(side, 0))])
     return Table(["", "run", "path", "status", "warm-up steps", "measured steps",
-                  "measured = ", "skipped (non-finite)"], rows,
+                  "measured = ", "skipped (non-finite)", "NaN / inf values left out"], rows,
                  ["" if report.statuses[s] == "complete" else "worse" for s in ("base", "new")])
 
 
