@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 
@@ -171,7 +172,9 @@ def _bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m energy_flow")
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    prog = name if name and name not in ("__main__.py", "-c", "-m") else "python -m energy_flow"
+    parser = argparse.ArgumentParser(prog=prog)  # "energy-flow" from the console script
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train on synthetic pairs (or --data FILE.pt)")
     train.add_argument("--preset", default="debug", choices=PRESET_NAMES)
@@ -215,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(exc, TrainingDiverged):
             raise
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. no space left for --checkpoint (written atomically)
+        print(f"error: {exc.filename or 'write'}: {exc.strerror or exc}", file=sys.stderr)
         return 1
 
 

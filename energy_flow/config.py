@@ -19,6 +19,15 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field."""
 
 
+# (field, lower bound, bound excluded): numeric options refused outside their range.
+_RANGES = (
+    ("lr", 0, False), ("weight_decay", 0, False), ("param_clip", 0, True),
+    ("global_clip", 0, True), ("gru_clamp", 0, True), ("convergence_threshold", 0, False),
+    ("convergence_min_steps", 0, False), ("convergence_patience", 0, False),
+    ("cleanup_threshold_bytes", 0, False), ("seed", 0, False),
+)
+
+
 @dataclass(frozen=True)
 class EnergyConfig:
     preset: str = "debug"
@@ -95,6 +104,12 @@ class EnergyConfig:
             raise ConfigError(
                 f"cleanup_interval must be >= 0 (0 = never), got {self.cleanup_interval!r}"
             )
+        for name, low, strict in _RANGES:
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not math.isfinite(value) or value < low or (strict and value == low)):
+                raise ConfigError(f"{name} must be a finite number {'>' if strict else '>='} "
+                                  f"{low}, got {value!r}")
         if self.max_steps is not None and self.max_steps <= 0:
             raise ConfigError(f"max_steps must be positive or None, got {self.max_steps!r}")
         if self.spawn_threshold <= 0:

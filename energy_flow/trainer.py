@@ -223,28 +223,123 @@ class Trainer:
         atomic_write(path, lambda handle: torch.save(state, handle))
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Load a checkpoint written by ``save_checkpoint``. Everything is checked before
+        anything is loaded; a damaged file raises ``CheckpointError`` with one line naming
+        the file and the field or tensors at fault (weights holding NaN / inf included)."""
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"{path}: no such checkpoint")
         try:
             state = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as exc:
-            raise CheckpointError(f"{path}: not a loadable checkpoint ({type(exc).__name__})") \
-                from None
-        if not isinstance(state, dict) or "config" not in state or "model" not in state:
-            raise CheckpointError(f"{path}: not an energy_flow checkpoint (no config/model)")
-        saved = state["config"]
-        mine = self.config.to_dict()
-        mismatches = [
-            f"{name}: checkpoint {saved.get(name)!r} != config {mine[name]!r}"
-            for name in CRITICAL_FIELDS if saved.get(name) != mine[name]
-        ]
-        if mismatches:
-            raise CheckpointError(f"{path}: config mismatch: " + "; ".join(mismatches))
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+            raise CheckpointError(f"{path}: not a loadable checkpoint ({type(exc).__name__}"
+                                  f"{_first_line(exc)})") from None
+        problem = self._checkpoint_problem(state)
+        if problem:
+            raise CheckpointError(f"{path}: {problem}")
+        for what, load in (("model", self.model.load_state_dict),
+                           ("optimizer", self.optimizer.load_state_dict),
+                           ("scheduler", self.scheduler.load_state_dict)):
+            try:
+                load(state[what])
+            except Exception as exc:
+                raise CheckpointError(f"{path}: field {what!r} cannot be loaded "
+                                      f"({type(exc).__name__}{_first_line(exc)})") from None
         self.step = int(state["step"])
         self.skipped_steps = int(state["skipped_steps"])
         self.optimizer_steps = int(state.get("optimizer_steps", 0))
         self._micro = 0
+
+    def _checkpoint_problem(self, state: object) -> str | None:
+        """What is wrong with a loaded checkpoint object, or None."""
+        if not isinstance(state, dict):
+            return f"not an energy_flow checkpoint (a {type(state).__name__}, not a dict)"
+        missing = [k for k in _CHECKPOINT_FIELDS if k not in state]
+        if missing:
+            return f"not an energy_flow checkpoint: missing field(s) {', '.join(missing)}"
+        version = state.get("version", CHECKPOINT_VERSION)
+        if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+            return (f"field 'version' is {version!r}; this code reads checkpoints up to "
+                    f"version {CHECKPOINT_VERSION}")
+        for key in ("config", "model", "optimizer", "scheduler"):
+            if not isinstance(state[key], dict):
+                return f"field {key!r} must be a dict, got {type(state[key]).__name__}"
+        for key in ("step", "skipped_steps", "optimizer_steps"):
+            value = state.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                return f"field {key!r} must be a non-negative integer, got {value!r}"
+        saved, mine = state["config"], self.config.to_dict()
+        mismatches = [f"{name}: checkpoint {saved.get(name)!r} != config {mine[name]!r}"
+                      for name in CRITICAL_FIELDS if saved.get(name) != mine[name]]
+        if mismatches:
+            return "config mismatch: " + "; ".join(mismatches)
+        weights = state["model"]
+        expected = self.model.state_dict()
+        if any(not isinstance(v, Tensor) for v in weights.values()):
+            bad = [str(k) for k, v in weights.items() if not isinstance(v, Tensor)]
+            return f"field 'model': not tensors: {_names(bad)}"
+        lacking = [k for k in expected if k not in weights]
+        extra = [str(k) for k in weights if k not in expected]
+        if lacking or extra:
+            parts = ([f"missing tensor(s) {_names(lacking)}"] if lacking else []) + (
+                [f"unexpected tensor(s) {_names(extra)}"] if extra else [])
+            return "field 'model': " + "; ".join(parts)
+        shapes = [f"{k} {list(weights[k].shape)} (model {list(v.shape)})"
+                  for k, v in expected.items() if weights[k].shape != v.shape]
+        if shapes:
+            return f"field 'model': tensor(s) of the wrong shape: {_names(shapes)}"
+        nonfinite = [k for k, v in weights.items() if not _finite(v)]
+        if nonfinite:
+            return f"field 'model': NaN / inf in tensor(s) {_names(nonfinite)}"
+        return self._optimizer_problem(state["optimizer"])
+
+    def _optimizer_problem(self, opt: dict) -> str | None:
+        groups, own = opt.get("param_groups"), self.optimizer.state_dict()["param_groups"]
+        if not isinstance(groups, list) or not isinstance(opt.get("state"), dict):
+            return "field 'optimizer' lacks its 'state' dict or 'param_groups' list"
+        if [len(g.get("params", ())) if isinstance(g, dict) else -1 for g in groups] != [
+                len(g["params"]) for g in own]:
+            return (f"field 'optimizer': {len(groups)} parameter group(s) do not match the "
+                    f"model's {len(own)} group(s) of {[len(g['params']) for g in own]} tensors")
+        params = {i: p for g, mine in zip(groups, own, strict=True)
+                  for i, p in zip(g["params"], [self._param(j) for j in mine["params"]],
+                                  strict=True)}
+        bad_shape, bad_values = [], []
+        for index, entries in opt["state"].items():
+            param = params.get(index)
+            if param is None or not isinstance(entries, dict):
+                return f"field 'optimizer': state for unknown parameter {index!r}"
+            for name, value in entries.items():
+                if not isinstance(value, Tensor):
+                    continue
+                label = f"state[{index}].{name}"
+                if value.dim() > 0 and value.shape != param.shape:
+                    bad_shape.append(f"{label} {list(value.shape)} (parameter "
+                                     f"{list(param.shape)})")
+                elif not _finite(value):
+                    bad_values.append(label)
+        if bad_shape:
+            return f"field 'optimizer': tensor(s) of the wrong shape: {_names(bad_shape)}"
+        if bad_values:
+            return f"field 'optimizer': NaN / inf in tensor(s) {_names(bad_values)}"
+        return None
+
+    def _param(self, index: int) -> Tensor:
+        return [p for g in self.optimizer.param_groups for p in g["params"]][index]
+
+
+_CHECKPOINT_FIELDS = ("config", "model", "optimizer", "scheduler", "step", "skipped_steps")
+
+
+def _finite(tensor: Tensor) -> bool:
+    return not tensor.is_floating_point() or bool(torch.isfinite(tensor).all())
+
+
+def _names(items: list[str], most: int = 5) -> str:
+    shown = ", ".join(str(i) for i in items[:most])
+    return shown + (f" and {len(items) - most} more" if len(items) > most else "")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f": {text.splitlines()[0][:200]}" if text else ""
