@@ -201,20 +201,21 @@ def run_all(args: argparse.Namespace) -> dict:
         results["train"] = []
         for preset in args.preset or ["debug", "experiment"]:
             config = make_config(preset, **overrides)
-            _log(f"train {preset}: {args.warmup} warm-up + {args.steps} measured steps")
-            results["train"].append(bench_train(config, device, args.steps, args.warmup))
+            _log(f"train {preset}: {args.warmup} warm-up + {args.steps} measured steps ...")
+            results["train"].append(_done(bench_train, config, device, args.steps, args.warmup))
     if "flow_init" in parts:
         results["flow_init"] = []
         for method, repeats in (("batched", args.repeats), ("loop", 1)):
-            _log(f"flow init {args.flows} flows, {method}")
-            results["flow_init"].append(bench_flow_init(args.flows, method, device, repeats))
+            _log(f"flow init {args.flows} flows, {method} ...")
+            results["flow_init"].append(_done(bench_flow_init, args.flows, method, device, repeats))
     if "quantize" in parts:
         config = make_config(args.quantize_preset, **overrides)
         results["quantize"] = []
         for method, repeats in (("arithmetic", max(args.repeats, 20)),
                                 ("broadcast", args.repeats), ("loop", 1)):
-            _log(f"quantize {config.initial_flows} positions ({args.quantize_preset}), {method}")
-            results["quantize"].append(bench_quantize(config, method, device, repeats))
+            _log(f"quantize {config.initial_flows} positions ({args.quantize_preset}), "
+                 f"{method} ...")
+            results["quantize"].append(_done(bench_quantize, config, method, device, repeats))
     results["load_average_after"] = _load_average()
     return results
 
@@ -229,6 +230,14 @@ def _load_average() -> float | None:
 
 def _log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+def _done(measure, *args):
+    """Run one measurement and say how long it took (a line after every long pause)."""
+    start = time.perf_counter()
+    result = measure(*args)
+    _log(f"  done in {time.perf_counter() - start:.1f} s")
+    return result
 
 
 def format_table(results: dict) -> str:
