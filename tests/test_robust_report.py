@@ -45,8 +45,8 @@ def test_row_cut_mid_line_is_dropped_with_a_note(good, tmp_path):
     rows = len(text.splitlines()) - 1
     # base: 10 measured steps; the copy lost its last row: 9.
     assert rows == 12
-    assert "| base | good |" in md and "| complete | 2 | 10 | 0 | 0 |" in md
-    assert "| complete | 2 | 9 | 0 | 0 |" in md
+    assert "| base | good |" in md and "| complete | 2 | 10 | warm-up steps out | 0 | 0 |" in md
+    assert "| complete | 2 | 9 | warm-up steps out | 0 | 0 |" in md
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -96,7 +96,7 @@ def test_nan_and_inf_are_counted_shown_and_left_out(good, tmp_path):
     assert "1 step(s) with a non-finite loss not marked skipped; counted as skipped" in done.stderr
     md = (tmp_path / "rep" / "report.md").read_text()
     # new: 10 measured steps less the 2 without a finite time; 1 skipped; 2 values left out
-    assert "| complete | 2 | 8 | 1 | 2 |" in md
+    assert "| complete | 2 | 8 | warm-up steps out | 1 | 2 |" in md
     assert "NaN / inf values left out" in md
 
 

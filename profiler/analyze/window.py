@@ -97,4 +97,4 @@ def window_tables(traces: list[TraceFrames], probes: Mapping[str, Mapping[int, s
     # its allocation's region), what the viewer's stacked timeline adds up
     columns = [*ALLOCATION_COLUMNS, *ALLOCATION_EXTRA_COLUMNS]
     allocations = ev[columns] if len(ev) else pd.DataFrame(columns=columns)
-    return WindowTables(allocations, by_cat, check, merge_operators(operators))
+    return WindowTables(allocations, by_cat, check, operators)
