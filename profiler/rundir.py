@@ -356,3 +356,18 @@ RUN_JSON_KEYS = (
 )
 OPTIONAL_RUN_JSON_KEYS = ("memory_at_failure", "finalize_errors", "memory_history",
                           "record_error", "kept_previous_run")
+
+
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` runs on this host (a zombie counts as ended)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")

@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from profiler.collect.distributed import _alive
 from profiler.rundir import RUN_JSON
+from profiler.rundir import pid_alive as _alive
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 # The tiny config of these tests (seconds per run on 2 cores).

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from profiler.rundir import RANKS_DIR, run_json_path
+from profiler.rundir import RANKS_DIR, pid_alive, run_json_path
 
 DEFAULT_TIMEOUT_S = 300.0
 TIMEOUT_ENV = "PROFILER_COLLECTIVE_TIMEOUT"
@@ -215,21 +215,6 @@ def gather_summaries(meta: dict[str, Any]) -> list[dict[str, Any]] | None:
     return out
 
 
-def _alive(pid: int) -> bool:
-    """True while process ``pid`` runs on this host (a zombie counts as ended)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
-
-
 def read_rank_records(run_dir: Path, world_size: int) -> dict[int, dict[str, Any]]:
     """The summaries of ranks 1..world_size-1 readable under ``run_dir/ranks``."""
     found: dict[int, dict[str, Any]] = {}
@@ -250,7 +235,7 @@ def wait_for_ranks(run_dir: Path, world_size: int, wait_s: float = FINISH_WAIT_S
     while True:
         records = read_rank_records(run_dir, world_size)
         pending = [r for r, s in records.items() if s["status"] == "running"
-                   and s.get("host") == me and s.get("pid") and _alive(int(s["pid"]))]
+                   and s.get("host") == me and s.get("pid") and pid_alive(int(s["pid"]))]
         if not pending or time.monotonic() >= deadline:
             return records
         time.sleep(0.2)
@@ -283,7 +268,7 @@ def combine(world_size: int, records: dict[int, dict[str, Any]],
     for r in range(world_size):
         s = dict(records.get(r) or {"rank": r, "status": None})
         if (s.get("status") == "running" and s.get("host") == host and s.get("pid")
-                and not _alive(int(s["pid"]))):
+                and not pid_alive(int(s["pid"]))):
             s["status"] = "failed"
             s["error"] = {"type": "RankLost", "message": f"rank {r} (pid {s['pid']}) ended "
                           f"without finishing: killed or crashed"}

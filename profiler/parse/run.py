@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -151,7 +150,7 @@ def _running_or_killed(path: Path, meta: dict[str, Any], rows: int,
         age = max(0.0, time.time() - float(beat["ts"]))
     held = rundir.lock_held(path)
     if held is None and beat.get("host") == socket.gethostname() and beat.get("pid"):
-        held = _pid_alive(int(beat["pid"]))
+        held = rundir.pid_alive(int(beat["pid"]))
     if held is None and age is not None:
         held = age <= max(STALE_MIN_S, STALE_BEATS * float(beat.get("every_s") or 0))
     requested = meta.get("steps_requested")  # None: a user's loop, length unknown
@@ -170,16 +169,6 @@ def _running_or_killed(path: Path, meta: dict[str, Any], rows: int,
     notes.append(f"run {meta['name']!s} ended without finishing (killed): {reached}, the last "
                  f"step reached is {rows - 1}{since}{lost}")
     return {**meta, "status": rundir.KILLED, "recorded_status": "running"}
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _error_suffix(meta: dict[str, Any]) -> str:
