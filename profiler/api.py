@@ -123,7 +123,7 @@ class Profile:
         self._loop = _UserLoop(model, self.device, optimizer)
         self._bare = mode == "bare"
         self._index = 0
-        self._t0 = 0.0
+        self._t0 = self._c0 = 0.0
         self._t_start = 0.0
         self._phases: dict[str, float] = {}
         self.status: str | None = None
@@ -202,7 +202,7 @@ class Profile:
             s.snapshot.window(s.trace is not None and s.trace.recording)  # CUDA history
             s.memory.begin_step()
             sync(self.device)
-        self._t0 = time.perf_counter()
+        self._c0, self._t0 = time.process_time(), time.perf_counter()
 
     @contextmanager
     def phase(self, name: str):
@@ -235,14 +235,14 @@ class Profile:
         s = self.session
         if not self._bare:
             sync(self.device)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         i = self._index
         row: dict[str, Any] = {k: _value(v) for k, v in fields.items()}
         for name, seconds in self._phases.items():
             row[f"{name}_ms"] = seconds * 1e3
         row.update(step=i, phase="warmup" if i < self.options.warmup else "measured",
-                   wall_ms=(t1 - self._t0) * 1e3, end_ts=time.time(), rank=self.options.rank_index,
-                   instrumented=0 if self._bare else 1,
+                   wall_ms=(t1 - self._t0) * 1e3, cpu_ms=(c1 - self._c0) * 1e3,
+                   end_ts=time.time(), rank=self.options.rank_index, instrumented=0 if self._bare else 1,
                    traced=int(s.trace is not None and s.trace.recording))
         if s.comm is not None:
             row.update(s.comm.take())

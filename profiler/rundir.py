@@ -85,6 +85,8 @@ OPTIONAL_STEPS_COLUMNS = (
 # steps.csv columns the collector adds after those (then a workload's own columns):
 COLLECTOR_STEPS_COLUMNS = (
     "end_ts",           # step end, seconds since the epoch
+    "cpu_ms",           # CPU time of the process (user + system, every thread) during the
+                        # step; cpu_ms / wall_ms / usable CPUs is the CPU share the step got
     "traced",           # 1 when torch.profiler was warming up or recording during the step
                         # (slower: kept out of the step-time statistics, analyze.steps)
     "alloc_count",      # tensor allocations made during the step (deterministic for a seed)

@@ -97,7 +97,7 @@ def build_report(base: Run, new: Run, config: ReportConfig) -> Report:
     absent = summary["base"].isna() & summary["new"].isna()
     unrecorded = tuple(summary.loc[absent, "metric"])
     summary = summary[~absent].reset_index(drop=True)
-    summary = load.downgrade_timing(summary, base.meta, new.meta)
+    summary = load.downgrade_timing(summary, base.meta, new.meta, samples)
     problem = load.load_problem(base.meta, new.meta)
     warnings = [*base.warnings, *new.warnings]
     if problem:
@@ -128,7 +128,7 @@ def build_report(base: Run, new: Run, config: ReportConfig) -> Report:
                               .gt(0).sum()) for s, r in runs.items()},
         step_times={s: samples[s][["step", "wall_ms"]].reset_index(drop=True) for s in SIDES},
         measured_rules={s: measured_rule(r.steps) for s, r in runs.items()},
-        load=load.load_table(base.meta, new.meta),
+        load=load.load_table(base.meta, new.meta, samples),
         load_problem=problem,
         device_type=str((base.meta.get("device") or {}).get("type")),
         peaks=pd.DataFrame({"base": region_peaks["base"], "new": region_peaks["new"]}),

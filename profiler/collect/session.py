@@ -76,7 +76,7 @@ MODES = ("bare", "light", "full")
 # turns that cache off.
 ENVIRONMENT_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ONEDNN_PRIMITIVE_CACHE_CAPACITY",
                     "CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF", "CUBLAS_WORKSPACE_CONFIG")
-# end_ts, traced, alloc_count, alloc_bytes, heap_bytes (instrumented: overhead runs only);
+# end_ts, cpu_ms, traced, alloc_count, alloc_bytes, heap_bytes (instrumented: overhead runs only);
 # see profiler.rundir.COLLECTOR_STEPS_COLUMNS and profiler.collect.stats.StepMemory
 STEP_EXTRA_COLUMNS = COLLECTOR_STEPS_COLUMNS[:-1]
 
@@ -424,11 +424,12 @@ class ProfileSession:
     def _step(self, i: int, bare: bool) -> dict[str, Any]:
         phase = "warmup" if i < self.o.warmup else "measured"
         if bare:
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             result = step_fields(self.workload.step(i, None))
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             return {**result, "step": i, "phase": phase, "wall_ms": (t1 - t0) * 1e3,
-                    "end_ts": time.time(), "instrumented": 0, "rank": self.o.rank_index}
+                    "cpu_ms": (c1 - c0) * 1e3, "end_ts": time.time(), "instrumented": 0,
+                    "rank": self.o.rank_index}
         marks: dict[str, float] = {}
 
         def on_phase(name: str) -> None:
@@ -440,14 +441,14 @@ class ProfileSession:
 
         self.memory.begin_step()
         sync(self.device)
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         result = self.workload.step(i, on_phase)
         sync(self.device)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         result = step_fields(result)
         f, b, p = (marks.get(k) for k in ("forward", "backward", "optimizer"))
         row = {**result, "step": i, "phase": phase, "wall_ms": (t1 - t0) * 1e3,
-               "forward_ms": None if f is None else (f - t0) * 1e3,
+               "cpu_ms": (c1 - c0) * 1e3, "forward_ms": None if f is None else (f - t0) * 1e3,
                "backward_ms": None if b is None or f is None else (b - f) * 1e3,
                "optimizer_ms": None if p is None or b is None else (p - b) * 1e3,
                "end_ts": time.time(), "instrumented": 1, "rank": self.o.rank_index}

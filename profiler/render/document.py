@@ -148,7 +148,8 @@ def _method(report: Report, gate: float | None) -> str:
         "are noise whatever the ratio. Process RSS and heap count every allocation of the "
         "process (profiler buffers included): context, never gated. A timing verdict is "
         f"'{INCONCLUSIVE}' when the slower run received over 10% less of the CPU it could use "
-        "than the other (competition explains such a slowdown; see 'Host load')."
+        "than the other (competition explains such a slowdown; on CPU runs the share of the "
+        "measured steps themselves, from each step's process CPU time; see 'Host load')."
     )
     if gate is not None:
         text += (f" Regression gate: a gated metric worse by more than {gate:.1%} "
