@@ -18,6 +18,7 @@ from pathlib import Path
 
 from profiler.analyze.window import window_tables
 from profiler.collect.writer import csv_text
+from profiler.parse import fastscan
 from profiler.parse.trace import ScopeRules, parse_trace, read_frames, read_trace
 from profiler.rundir import (
     ALLOCATION_COLUMNS,
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         total_s.append(t3 - t2)
         events = len(tables.allocations)
     median, cpu = statistics.median(total_s), statistics.median(cpu_s)
+    why_not = fastscan.unavailable()
+    print("scanner: " + ("native (profiler/parse/native/trace_scan.cpp)" if why_not is None
+                         else f"regular expressions ({why_not})"))
     print(f"{len(paths)} trace file(s), {size / 2**20:.1f} MiB compressed, {events} allocator "
           f"events; medians of {args.repeats}: full json read {statistics.median(read_s):.3f} s, "
           f"parse {statistics.median(parse_s):.3f} s; post-processing (read_frames, "

@@ -15,11 +15,13 @@ from profiler.analyze.memory import attribution_check, category_stats, free_time
 from profiler.analyze.window import window_tables
 from profiler.collect.tracing import TraceSchedule, TraceSession
 from profiler.collect.workload import make_energy_flow_workload
-from profiler.parse.scan import scan_events
+from profiler.parse import fastscan
+from profiler.parse.scan import scan_events, scan_header
 from profiler.parse.trace import (
     ScopeRules,
     _nesting_sweep,
     attribute_memory,
+    frames_of_columns,
     operator_table,
     parse_trace,
     phase_marks,
@@ -148,6 +150,52 @@ def test_scanning_reads_the_same_frames_as_the_full_json_load(traced, tmp_path):
     compact.write_text(json.dumps(read_trace(path), separators=(",", ":")))
     assert scan_events(compact.read_bytes()) is None
     pd.testing.assert_frame_equal(read_frames(compact).memory, full.memory)
+
+
+def _frames_equal(a, b):
+    for name in ("ops", "annotations", "memory", "kernels"):
+        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name))
+
+
+def test_native_scanner_reads_the_same_frames_as_the_full_json_load(traced, tmp_path):
+    assert fastscan.unavailable() is None  # g++ is part of the set-up (as for the counter)
+    path = traced["path"]
+    trace = read_trace(path)
+    raw = gzip.decompress(path.read_bytes())
+    cols = fastscan.scan(raw)
+    assert cols is not None
+    header = scan_header(raw)
+    _frames_equal(frames_of_columns(cols, header), parse_trace(trace))
+    assert len(cols["m_ts"]) == sum(e.get("name") == "[memory]" for e in trace["traceEvents"])
+    # a JSON reader, not a pattern: compact text with every event's keys reversed reads the
+    # same, and so do escaped names, string thread ids and device activity (CUDA traces)
+    events = [dict(reversed(list(e.items()))) for e in trace["traceEvents"]]
+    op = next(e for e in events if e.get("cat") == "cpu_op")
+    events += [
+        {**op, "name": 'odd "name" \\ with, {brackets} [ ]', "tid": "thread A",
+         "ts": op["ts"] + 0.5, "dur": 1.25},
+        {"ph": "X", "cat": "kernel", "name": "gemm", "pid": 0, "tid": 7, "ts": op["ts"],
+         "dur": 3.5, "args": {"External id": 42, "grid": [1, 2, 3]}},
+        {"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy HtoD", "pid": 0, "tid": 7,
+         "ts": op["ts"], "dur": 0.75, "args": {"External id": 43}},
+        {"ph": "i", "cat": "cpu_instant_event", "name": "[memory]", "pid": 1, "tid": 9,
+         "ts": op["ts"], "args": {"Addr": 2**64 - 16, "Bytes": -512, "Device Type": 1,
+                                  "Device Id": 0, "Total Allocated": 0,
+                                  "Total Reserved": 0}},
+    ]
+    reordered = {**{k: v for k, v in trace.items() if k != "traceEvents"},
+                 "traceEvents": events}
+    text = json.dumps(reordered, separators=(",", ":")).encode()
+    cols = fastscan.scan(text)
+    assert cols is not None and scan_events(text) is None  # the regex scanner declines
+    full = parse_trace(json.loads(text))
+    _frames_equal(frames_of_columns(cols, {}), full)
+    assert 'odd "name" \\ with, {brackets} [ ]' in set(full.ops["name"])
+    assert list(full.kernels["ext"]) == [42, 43] and list(full.kernels["dur_us"]) == [3.5, 0.75]
+    assert (full.memory["addr"] == -16).any()  # an address above 2**63 keeps its bits
+    # input it cannot read: None (read_frames then falls back to the full load)
+    for broken in (text[: len(text) // 2], text.replace(b'"ts":', b'"ts":x', 1), b"[]", b""):
+        assert fastscan.scan(broken) is None
 
 
 def _plain_innermost(starts, ends, labels, points):

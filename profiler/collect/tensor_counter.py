@@ -10,8 +10,7 @@ bytes, peak, allocations and frees. It is the model's tensor memory, exactly:
 deterministic for a fixed seed, untouched by the profiler's own memory.
 
 The library is compiled once per torch version with the system C++ compiler
-into a cache directory (``$XDG_CACHE_HOME/energy-flow-profiler`` or
-``~/.cache/energy-flow-profiler``); without a compiler ``load()`` raises
+(``profiler.native``, cached); without a compiler ``load()`` raises
 ``CounterUnavailable`` and CPU memory columns stay empty (never the heap).
 Cost: two relaxed atomic adds and a 64-byte header per allocation.
 """
@@ -19,21 +18,18 @@ Cost: two relaxed atomic adds and a 64-byte header per allocation.
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from profiler import native
+
 _SOURCE = Path(__file__).with_name("native") / "tensor_counter.cpp"
 _lib: ctypes.CDLL | None = None
 
 
-class CounterUnavailable(RuntimeError):
+class CounterUnavailable(native.NativeUnavailable):
     """The counting allocator cannot be built or installed here (reason in the message)."""
 
 
@@ -47,51 +43,19 @@ class Counts:
     free_bytes: int
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "energy-flow-profiler"
-
-
-def _library_path() -> Path:
-    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    key = hashlib.sha256(_SOURCE.read_bytes() + f"{torch.__version__}/{abi}".encode())
-    return _cache_dir() / f"tensor_counter-{key.hexdigest()[:16]}.so"
-
-
-def _build(target: Path) -> None:
-    compiler = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
-    if compiler is None:
-        raise CounterUnavailable("no C++ compiler (g++ / c++) to build the tensor counter")
-    torch_dir = Path(torch.__file__).parent
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC",
-           f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
-           str(_SOURCE), f"-I{torch_dir / 'include'}", f"-L{torch_dir / 'lib'}", "-lc10",
-           f"-Wl,-rpath,{torch_dir / 'lib'}", "-o", tmp]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if done.returncode != 0:
-            raise CounterUnavailable("building the tensor counter failed: "
-                                     + (done.stderr.strip().splitlines() or ["?"])[-1])
-        os.replace(tmp, target)  # concurrent builders each rename a complete file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def load() -> ctypes.CDLL:
     """The counter library, built on first use (raises CounterUnavailable)."""
     global _lib
     if _lib is not None:
         return _lib
-    path = _library_path()
-    if not path.exists():
-        try:
-            _build(path)
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise CounterUnavailable(f"building the tensor counter failed: {exc}") from None
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    torch_lib = Path(torch.__file__).parent / "lib"
+    flags = [f"-D_GLIBCXX_USE_CXX11_ABI={abi}", f"-I{torch_lib.parent / 'include'}",
+             f"-L{torch_lib}", "-lc10", f"-Wl,-rpath,{torch_lib}"]
+    try:
+        path = native.library(_SOURCE, "tensor counter", flags, key=torch.__version__)
+    except native.NativeUnavailable as exc:
+        raise CounterUnavailable(str(exc)) from None
     lib = ctypes.CDLL(str(path))
     lib.tc_install.restype = ctypes.c_int
     lib.tc_installed.restype = ctypes.c_int

@@ -1,9 +1,9 @@
 """torch.profiler trace json(.gz) -> DataFrames, parsed once.
 
 ``read_frames(path)`` reads the Chrome-trace json that ``tensorboard_trace_handler``
-writes, taking only the events below (``profiler.parse.scan``; a full orjson load when
-the layout is unknown); ``parse_trace(read_trace(path))`` gives the same from the full
-document. Both split the trace into:
+writes, taking only the events below (the native scanner ``profiler.parse.fastscan``, else
+the regular expressions of ``profiler.parse.scan``, else a full orjson load);
+``parse_trace(read_trace(path))`` gives the same from the full document. Both split the trace into:
 
 - ``ops``: cpu_op spans — name, tid, ts_us, dur_us, end_us, seq (autograd sequence
   number, -1 if none), fwd_tid (backward nodes: the thread of their forward op, else -1);
@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from profiler.parse import fastscan
 from profiler.parse.scan import scan_events, scan_header
 from profiler.rundir import (
     MODULE_SCOPE_PREFIX,
@@ -185,22 +186,26 @@ def parse_trace(trace: dict[str, Any]) -> TraceFrames:
             cols["m_dev"].append((a.get("Device Type", 0), a.get("Device Id", -1)))
             cols["m_addr"].append(a.get("Addr", 0))
     metadata = {k: v for k, v in trace.items() if k != "traceEvents"}
-    return _frames(cols, metadata)
+    return frames_of_columns(cols, metadata)
 
 
 def read_frames(path: Path | str) -> TraceFrames:
-    """``parse_trace(read_trace(path))``, reading only the needed events when the file has
-    Kineto's layout (``profiler.parse.scan``: several times faster), else the full load."""
+    """``parse_trace(read_trace(path))``, reading only the needed events: with the native
+    scanner (``profiler.parse.fastscan``) where it is built, else with the regular
+    expressions of ``profiler.parse.scan`` when the file has Kineto's layout, else (or for
+    any input either cannot read) with a full JSON load."""
     path = Path(path)
     raw = path.read_bytes()
     if path.name.endswith(".gz"):
         raw = gzip.decompress(raw)
     with _gc_paused():
-        cols = scan_events(raw)
+        cols = fastscan.scan(raw)
+        if cols is None:
+            cols = scan_events(raw)
         header = scan_header(raw) if cols is not None else None
         if cols is None or header is None:
             return parse_trace(_orjson.loads(raw) if _orjson is not None else json.loads(raw))
-        return _frames(cols, header)
+        return frames_of_columns(cols, header)
 
 
 @contextmanager
@@ -218,7 +223,8 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _frames(cols: dict[str, list[Any]], metadata: dict[str, Any]) -> TraceFrames:
+def frames_of_columns(cols: dict[str, Any], metadata: dict[str, Any]) -> TraceFrames:
+    """TraceFrames from the event columns ``parse_trace`` and the scanners collect."""
     ops = _span_frame(cols["op_name"], cols["op_tid"], cols["op_ts"], cols["op_dur"])
     ops["seq"] = np.asarray(cols["op_seq"], dtype=np.int64)
     ops["fwd_tid"] = cols["op_fwd"]
