@@ -27,10 +27,12 @@ import torch
 
 from profiler.analyze import steps as step_rules
 from profiler.analyze.memory import memory_growth, pool_rows
+from profiler.analyze.ranks import collective_overlap
 from profiler.analyze.timings import step_timings
 from profiler.analyze.window import window_operators, window_tables
 from profiler.collect.distributed import (
     combine,
+    finish_root_for_lost_rank0,
     gather_summaries,
     rank_summary,
     shutdown,
@@ -85,6 +87,8 @@ def finish_ranks(session: ProfileSession, own_group: bool) -> None:
     if own_group:
         shutdown()
     if info.rank != 0:
+        if gathered is None and session.o.trace_dir is not None:  # rank 0 may be gone
+            finish_root_for_lost_rank0(session.o.trace_dir, info.world_size, info.rank)
         return
     if gathered is not None:
         records = {int(s["rank"]): s for s in gathered}
@@ -195,6 +199,11 @@ def _read_window(session: ProfileSession) -> tuple[list[TraceFrames], pd.DataFra
         frames.append(f)
     operators = window_operators(frames)
     writer.write_csv(OPERATORS_CSV, operators, OPERATOR_COLUMNS)
+    if session.o.rank is not None and session.o.rank.distributed:
+        comm = collective_overlap(frames)
+        if comm is not None:  # this rank's communication in its trace window
+            writer.update(distributed={**(writer.meta.get("distributed") or {}),
+                                       "trace_comm": comm})
     return frames, operators, time.perf_counter() - t0
 
 

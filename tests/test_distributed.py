@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from profiler.parse.run import load_run
 from profiler.rundir import RUN_JSON
 from profiler.rundir import pid_alive as _alive
 
@@ -96,6 +97,12 @@ def test_two_ranks_make_one_complete_run(two_ranks):
     assert (two_ranks / "ranks/rank1/operators.csv").is_file()
     assert meta["trace"]["files"] == [found[0]["file"]]
     assert rank1["trace"]["files"] == [found[1]["file"]]
+    # communication read from each rank's trace window: one all-reduce span per traced
+    # step at least, and the part of it that ran while backward nodes were computing
+    for record in d["ranks"]:
+        comm = record["trace_comm"]
+        assert comm["steps"] == 2 and comm["calls"] >= 2 and comm["comm_ms_per_step"] > 0
+        assert 0.0 <= comm["overlap_pct"] <= 100.0
 
 
 def _start(args: list[str], **kw) -> subprocess.Popen:
@@ -132,25 +139,34 @@ def _finish(proc: subprocess.Popen, limit_s: float = 120.0) -> str:
 
 
 @pytest.mark.slow
-def test_a_killed_rank_fails_the_run_naming_it(tmp_path):
+@pytest.mark.parametrize("victim", [1, 0])
+def test_a_killed_rank_fails_the_run_naming_it(tmp_path, victim):
     proc = _start(standalone(2, profile_args(tmp_path, "kill", "--mode", "light",
                                              "--steps", "100000")))
     run = tmp_path / "kill"
     pids = _wait_for_rank_steps(run)
     time.sleep(2.0)  # a few steps
-    os.kill(pids[1], signal.SIGKILL)
+    os.kill(pids[victim], signal.SIGKILL)
     out = _finish(proc)
     assert proc.returncode != 0
     meta = meta_of(run)
+    survivor = 1 - victim
     assert meta["status"] == "failed", out[-3000:]
-    assert meta["error"]["rank"] == 1 and meta["error"]["message"].startswith("rank 1 ")
-    assert meta["distributed"]["failed_ranks"] == [1]
+    assert meta["error"]["rank"] == victim
+    assert meta["error"]["message"].startswith(f"rank {victim} ")
+    assert meta["distributed"]["failed_ranks"] == [victim]
     ranks = {r["rank"]: r for r in meta["distributed"]["ranks"]}
-    assert ranks[1]["error"]["type"] == "RankLost"
-    assert ranks[0]["status"] in ("failed", "interrupted")
-    steps = pd.read_csv(run / "steps.csv")  # rank 0's data kept
-    assert len(steps) >= 1 and (steps["rank"] == 0).all()
+    assert ranks[victim]["error"]["type"] == "RankLost"
+    assert ranks[survivor]["status"] in ("failed", "interrupted")
+    # rank 0 owns the record; when it is the one lost, the survivor finishes it
+    assert meta["distributed"].get("finished_by_rank") == (1 if victim == 0 else None)
+    kept = run / "steps.csv" if survivor == 0 else run / "ranks/rank1/steps.csv"
+    steps = pd.read_csv(kept)  # the survivor's data kept
+    assert len(steps) >= 1 and (steps["rank"] == survivor).all()
     assert not _alive(pids[0]) and not _alive(pids[1])  # no process left behind
+    # the report reads the run as failed, naming the rank, not as killed
+    loaded = load_run(run)
+    assert loaded.status == "failed"
 
 
 @pytest.mark.slow
@@ -309,6 +325,16 @@ def test_the_report_shows_per_rank_figures_and_a_same_run_stays_within_noise(two
     assert ratio["gated"] and ratio["verdict"] == "within noise" and ratio["base"] >= 1.0
     for rank in (0, 1):
         assert f"\n| {rank} | " in md  # a per-rank row
+    # the trace's overlap beside the hook's, as recorded per rank
+    header = next(line for line in md.splitlines() if line.startswith("| rank | host |"))
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    column = cells.index("overlap (trace)")
+    recorded = {r["rank"]: r["trace_comm"]["overlap_pct"]
+                for r in meta_of(two_ranks)["distributed"]["ranks"]}
+    for rank in (0, 1):
+        row = next(line for line in md.splitlines() if line.startswith(f"| {rank} | "))
+        shown = [c.strip() for c in row.strip("|").split("|")][column]
+        assert shown == f"{recorded[rank]:.1f}%"
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import pytest
 
 from profiler.analyze import ranks
 from profiler.collect.distributed import CommTimer, combine
+from profiler.parse.trace import TraceFrames
 
 
 def steps(rank: int, compute: list[float], comm: list[float], exposed: list[float],
@@ -117,3 +118,48 @@ def test_comm_timer_unions_overlapping_buckets():
     assert got["comm_ms"] == pytest.approx(25.0) and got["comm_calls"] == 3
     assert got["comm_exposed_ms"] == pytest.approx(5.0) and got["comm_bytes"] == 160
     assert timer.take()["comm_calls"] == 0
+
+
+def _frames(ops: list[tuple[str, float, float]], notes: list[tuple[str, float, float]]):
+    def spans(rows):
+        f = pd.DataFrame(rows, columns=["name", "ts_us", "dur_us"])
+        f["end_us"] = f["ts_us"] + f["dur_us"]
+        return f
+
+    return TraceFrames(spans(ops), spans(notes), pd.DataFrame(), {})
+
+
+def test_trace_overlap_is_the_collective_time_during_backward_nodes():
+    node = "autograd::engine::evaluate_function: MmBackward0"
+    frames = _frames(
+        # backward nodes 0-10 and 12-20 (nested 2-4 inside the first), launch op ignored
+        [(node, 0.0, 10.0), (node, 2.0, 2.0), (node, 12.0, 8.0), ("c10d::allreduce_", 5.0, 0.5)],
+        # two collectives on the backend's thread: 5-15 (8 of 10 overlapped), 18-28 (2 of 10)
+        [("ProfilerStep#3", 0.0, 30.0), ("gloo:all_reduce", 5.0, 10.0),
+         ("gloo:all_reduce", 18.0, 10.0)])
+    got = ranks.collective_overlap([frames])
+    assert got == {"steps": 1, "calls": 2, "comm_ms_per_step": 20.0 / 1e3,
+                   "overlap_pct": pytest.approx(50.0)}
+    # two trace files: summed, per step over both
+    both = ranks.collective_overlap([frames, frames])
+    assert both["steps"] == 2 and both["calls"] == 4
+    assert both["comm_ms_per_step"] == pytest.approx(0.02)
+    assert both["overlap_pct"] == pytest.approx(50.0)
+    # no collective: None; no backward node: 0% overlap
+    assert ranks.collective_overlap([_frames([(node, 0.0, 1.0)], [])]) is None
+    alone = ranks.collective_overlap([_frames([], [("nccl:all_reduce", 0.0, 4.0)])])
+    assert alone["overlap_pct"] == 0.0 and alone["steps"] == 0
+    assert alone["comm_ms_per_step"] is None
+
+
+def test_covered_length_matches_a_plain_sweep():
+    rng = np.random.default_rng(3)
+    starts = rng.uniform(0, 100, 40)
+    ends = starts + rng.uniform(0, 10, 40)
+    a = rng.uniform(-5, 105, 200)
+    b = a + rng.uniform(0, 20, 200)
+    grid = np.linspace(-10, 130, 140001)  # plain reference on a fine grid
+    inside = ((grid[:, None] >= starts) & (grid[:, None] <= ends)).any(axis=1)
+    step = grid[1] - grid[0]
+    want = [inside[(grid >= x) & (grid < y)].sum() * step for x, y in zip(a, b, strict=True)]
+    np.testing.assert_allclose(ranks._covered(starts, ends, a, b), want, atol=0.05)

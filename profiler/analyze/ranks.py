@@ -23,6 +23,9 @@ overlap_pct        part of comm_ms that overlapped backward compute (%):
                    1 - comm_exposed_ms / comm_ms over the steps
 trace_comm_ms      time in collective operators (gloo:* / nccl:*) per traced step,
                    from the trace window (operators.csv; ms)
+trace_overlap_pct  part of the collectives' time in the trace window during which
+                   the rank was computing backward (its autograd nodes ran): the
+                   trace's own measure of overlap (``collective_overlap``; %)
 flow_steps         mean flow-steps per step (energy_flow's work per rank; empty
                    for workloads that do not report flows)
 samples            mean samples per step
@@ -39,12 +42,13 @@ import numpy as np
 import pandas as pd
 
 from profiler.analyze.metrics import step_samples
+from profiler.parse.trace import BACKWARD_NODE_PREFIX, STEP_PREFIX
 
 # The slowest rank's median compute time against the median rank's: above this, the
 # run has a straggler.
 STRAGGLER_THRESHOLD = 1.10
 RANK_COLUMNS = ("rank", "host", "status", "steps", "step_ms", "compute_ms", "comm_ms",
-                "comm_share_pct", "overlap_pct", "trace_comm_ms", "flow_steps", "samples", "peak_bytes",
+                "comm_share_pct", "overlap_pct", "trace_comm_ms", "trace_overlap_pct", "flow_steps", "samples", "peak_bytes",
                 "rss_bytes")
 COLLECTIVE_PREFIXES = ("gloo:", "nccl:")
 COLLECTIVE_COLUMNS = ("name", "ranks", "calls", "total_ms", "ms_per_call")
@@ -85,10 +89,70 @@ def rank_table(rank_steps: dict[int, pd.DataFrame],
             "overlap_pct": 100.0 * (1.0 - exposed.sum() / comm.sum())
             if has_comm and comm.sum() > 0 else np.nan,
             "trace_comm_ms": _trace_comm(operators.get(rank), traced_steps),
+            "trace_overlap_pct": _number((rec.get("trace_comm") or {}).get("overlap_pct")),
             "flow_steps": _col(s, "flow_steps").mean(), "samples": _col(s, "samples").mean(),
             "peak_bytes": _col(steps, "peak_bytes").max(), "rss_bytes": _col(steps, "rss_bytes").max(),
         })
     return pd.DataFrame(rows, columns=list(RANK_COLUMNS))
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return np.nan
+
+
+def _covered(starts: np.ndarray, ends: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per query interval [a, b]: its length covered by the union of [starts, ends]."""
+    if not len(starts):
+        return np.zeros(len(a))
+    order = np.argsort(starts, kind="stable")
+    s, e = starts[order], np.maximum.accumulate(ends[order])
+    # the union as disjoint intervals: a new one starts where a span begins after every
+    # earlier span ended
+    new = np.r_[True, s[1:] > e[:-1]]
+    u_start = s[new]
+    u_end = np.r_[e[np.flatnonzero(new)[1:] - 1], e[-1]]
+    length = np.r_[0.0, np.cumsum(u_end - u_start)]
+
+    def upto(x: np.ndarray) -> np.ndarray:  # covered length of (-inf, x]
+        i = np.searchsorted(u_start, x, side="right")  # unions starting at or before x
+        before = length[np.maximum(i - 1, 0)]
+        partial = np.clip(x - u_start[np.maximum(i - 1, 0)], 0.0,
+                          (u_end - u_start)[np.maximum(i - 1, 0)])
+        return np.where(i > 0, before + partial, 0.0)
+
+    return upto(b) - upto(a)
+
+
+def collective_overlap(traces: list[Any]) -> dict[str, Any] | None:
+    """Communication in one rank's trace window (``parse.trace.TraceFrames`` of its trace
+    files): the collective spans (operators and scopes named ``gloo:*`` / ``nccl:*``, on
+    whatever thread ran them) and how much of their time the rank's autograd engine was
+    running backward nodes (``autograd::engine::evaluate_function:`` operators) at the same
+    moment. {"steps" (ProfilerStep spans), "calls", "comm_ms_per_step", "overlap_pct"};
+    None without collectives. On CUDA the spans are the host side of NCCL's work."""
+    comm_s, comm_e, back_s, back_e, steps = [], [], [], [], 0
+    for f in traces:
+        spans = pd.concat([f.ops[["name", "ts_us", "end_us"]],
+                           f.annotations[["name", "ts_us", "end_us"]]], ignore_index=True)
+        names = spans["name"].astype(str)
+        comm = spans[names.str.startswith(COLLECTIVE_PREFIXES)]
+        back = f.ops[f.ops["name"].astype(str).str.startswith(BACKWARD_NODE_PREFIX)]
+        comm_s.append(comm["ts_us"].to_numpy(float))
+        comm_e.append(comm["end_us"].to_numpy(float))
+        back_s.append(back["ts_us"].to_numpy(float))
+        back_e.append(back["end_us"].to_numpy(float))
+        steps += int(f.annotations["name"].astype(str).str.startswith(STEP_PREFIX).sum())
+    a, b = np.concatenate(comm_s), np.concatenate(comm_e)
+    if not len(a):
+        return None
+    total = float((b - a).sum())
+    overlapped = float(_covered(np.concatenate(back_s), np.concatenate(back_e), a, b).sum())
+    return {"steps": steps, "calls": int(len(a)),
+            "comm_ms_per_step": total / 1e3 / steps if steps else None,
+            "overlap_pct": 100.0 * overlapped / total if total > 0 else None}
 
 
 def _trace_comm(ops: pd.DataFrame | None, traced_steps: int | None) -> float:

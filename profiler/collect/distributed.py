@@ -25,7 +25,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from profiler.rundir import RANKS_DIR, pid_alive, run_json_path
+from profiler.collect.writer import RunLock
+from profiler.errors import RunDirError
+from profiler.rundir import RANKS_DIR, lock_held, pid_alive, run_json_path, write_json
 
 DEFAULT_TIMEOUT_S = 300.0
 TIMEOUT_ENV = "PROFILER_COLLECTIVE_TIMEOUT"
@@ -199,7 +201,8 @@ def rank_summary(meta: dict[str, Any]) -> dict[str, Any]:
     d = meta.get("distributed") or {}
     return {"rank": d.get("rank", 0), "host": d.get("host"), "pid": d.get("pid"),
             "device": d.get("device"), "status": meta.get("status"),
-            "error": meta.get("error"), "steps_completed": meta.get("steps_completed")}
+            "error": meta.get("error"), "steps_completed": meta.get("steps_completed"),
+            "trace_comm": d.get("trace_comm")}
 
 
 def gather_summaries(meta: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -239,6 +242,43 @@ def wait_for_ranks(run_dir: Path, world_size: int, wait_s: float = FINISH_WAIT_S
         if not pending or time.monotonic() >= deadline:
             return records
         time.sleep(0.2)
+
+
+def finish_root_for_lost_rank0(root: Path, world_size: int, rank: int) -> dict[str, Any] | None:
+    """The whole run's record finished by a surviving rank when rank 0 (its owner) is gone.
+
+    Acts only when the root record on this file system still says ``running`` and its
+    lock is free (the kernel released it: rank 0's process ended without finishing).
+    The survivor takes the lock (so that one survivor writes at a time), combines every
+    rank's record as rank 0 would (``combine``: rank 0 a lost rank, named as the cause)
+    and writes the root run.jsonc. Returns the combined result, or None when there was
+    nothing to do (rank 0 alive or finished, another node's root, a busy lock)."""
+    path = run_json_path(root)
+    if lock_held(root) is not False:
+        return None
+    lock = RunLock(root, wait_s=FINISH_WAIT_S)
+    try:
+        lock.acquire()
+    except RunDirError:
+        return None
+    try:
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(meta, dict) or meta.get("status") != "running":
+            return None
+        records = wait_for_ranks(root, world_size)
+        records[0] = rank_summary(meta)
+        combined = combine(world_size, records)
+        distributed = dict(meta.get("distributed") or {})
+        distributed.update(ranks=combined["ranks"], failed_ranks=combined["failed_ranks"],
+                           missing_ranks=combined["missing_ranks"], finished_by_rank=rank)
+        meta.update(distributed=distributed, status=combined["status"], error=combined["error"])
+        write_json(path, meta)
+        return combined
+    finally:
+        lock.release()
 
 
 def _peer_error(error: Any) -> bool:

@@ -201,8 +201,10 @@ def _ranks(report: Report, plots: set[str]) -> list[Block]:
                     "in the all-reduce. comm = DDP's gradient all-reduce per step (timed by a "
                     "communication hook, untraced steps); comm share = all-reduce time / "
                     "step time; overlap = part of the all-reduce that ran during backward "
-                    "compute; comm (trace) = collective operators per traced step in the "
-                    "trace window."))
+                    "compute (from the hook's timings: all-reduce time before backward "
+                    "ended); comm (trace) = collective operators per traced step in the "
+                    "trace window; overlap (trace) = part of the collectives' time in the trace "
+                    "during which the rank's autograd engine ran backward nodes."))
     for side in ("base", "new"):
         table = report.ranks.get(side)
         if table is None or table.empty:

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from profiler.render.format import MISSING, fmt_pct, fmt_ratio, fmt_value
 
 RANK_HEADERS = ["rank", "host", "status", "steps", "step", "compute", "comm", "comm share",
-                "overlap", "comm (trace)", "flow-steps", "samples", "peak allocated", "peak RSS"]
+                "overlap", "comm (trace)", "overlap (trace)", "flow-steps", "samples", "peak allocated", "peak RSS"]
 
 
 def rank_rows(table: pd.DataFrame) -> list[list[str]]:
@@ -22,6 +22,7 @@ def rank_rows(table: pd.DataFrame) -> list[list[str]]:
                      str(r.steps), fmt_value(r.step_ms, "ms"), fmt_value(r.compute_ms, "ms"),
                      fmt_value(r.comm_ms, "ms"), fmt_pct(r.comm_share_pct),
                      fmt_pct(r.overlap_pct), fmt_value(r.trace_comm_ms, "ms"),
+                     fmt_pct(r.trace_overlap_pct),
                      fmt_value(r.flow_steps, "count"),
                      fmt_value(r.samples, "count"), fmt_value(r.peak_bytes, "bytes"),
                      fmt_value(r.rss_bytes, "bytes")])
