@@ -170,6 +170,35 @@ def test_a_killed_rank_fails_the_run_naming_it(tmp_path, victim):
 
 
 @pytest.mark.slow
+def test_overwrite_replaces_a_multi_rank_run_with_every_rank_kept(tmp_path):
+    args = ["--steps", "4", "--warmup", "1", "--trace-wait", "1", "--trace-warmup", "1",
+            "--trace-active", "1"]
+    first = subprocess.run(standalone(2, profile_args(tmp_path, "again", *args)), env=env(),
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp_path / "again"
+    old = {r["rank"]: r["pid"] for r in meta_of(run)["distributed"]["ranks"]}
+    old_traces = set(p.name for p in run.glob("rank*.pt.trace.json.gz"))
+    refused = subprocess.run(standalone(2, profile_args(tmp_path, "again", *args)), env=env(),
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "--overwrite" in refused.stderr
+    again = subprocess.run(standalone(2, profile_args(tmp_path, "again", *args, "--overwrite")),
+                           env=env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    meta = meta_of(run)
+    new = {r["rank"]: r["pid"] for r in meta["distributed"]["ranks"]}
+    assert meta["status"] == "complete" and set(new) == {0, 1}
+    assert all(new[r] != old[r] for r in (0, 1))
+    rank1 = json.loads((run / "ranks/rank1" / RUN_JSON).read_text())
+    assert rank1["status"] == "complete" and rank1["distributed"]["pid"] == new[1]
+    for path in (run / "steps.csv", run / "ranks/rank1/steps.csv"):
+        assert len(pd.read_csv(path)) == 4
+    traces_now = set(p.name for p in run.glob("rank*.pt.trace.json.gz"))
+    assert len(traces_now) == 2 and not traces_now & old_traces  # the old run's are gone
+    assert not [p for p in tmp_path.iterdir() if ".new-" in p.name]  # no staging left
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["torchrun", "group"])
 def test_sigint_to_torchrun_interrupts_every_rank(tmp_path, target):
     proc = _start(standalone(2, profile_args(tmp_path, "stop", "--mode", "light",

@@ -242,7 +242,7 @@ class ProfileSession:
 
         ordered = o.rank is not None and o.rank.distributed and dist.is_initialized()
         if ordered and o.rank_index > 0:
-            dist.barrier()  # rank 0 has created (or replaced) the run directory
+            dist.barrier()  # rank 0 has created (or replaced) the run directory, with a record
         self.writer.create(o.overwrite)
         try:
             self._begin()
@@ -265,12 +265,6 @@ class ProfileSession:
         import torch.distributed as dist
 
         ordered = o.rank is not None and o.rank.distributed and dist.is_initialized()
-        if ordered and o.rank_index == 0:
-            dist.barrier()
-        if ordered:  # one trace name per window for every rank (TensorBoard's span)
-            from profiler.collect.distributed import broadcast
-
-            self.span_base = int(broadcast(time.time_ns() // 1000))
         self.snapshot.path = str(self.writer.run_dir / CUDA_SNAPSHOT)  # staged until committed
         config = {"preset": o.preset, "overrides": o.overrides, "variant": o.variant,
                   "pool": o.pool, "mode": o.mode, "workload": o.workload,
@@ -305,6 +299,16 @@ class ProfileSession:
                         f.unlink()
                     self.writer.run_dir.rmdir()
             raise
+        if ordered:
+            if o.rank_index == 0:
+                # with --overwrite the new root moves into place now that it has a record,
+                # before the other ranks (waiting at the barrier) make their folders in it
+                self.commit()
+                dist.barrier()
+            from profiler.collect.distributed import broadcast
+
+            # one trace name per window for every rank (TensorBoard's span)
+            self.span_base = int(broadcast(time.time_ns() // 1000))
         self.host_load.begin()
 
     def failure(self, exc: BaseException) -> tuple[str | None, dict | None, dict | None]:
