@@ -18,6 +18,7 @@ import math
 import numbers
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -28,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -90,13 +92,50 @@ def host() -> str:
 
 
 def csv_text(rows: Iterable[Mapping[str, Any]] | pd.DataFrame, columns: Sequence[str]) -> str:
-    """CSV with exactly ``columns`` first (missing ones empty), then any extra columns."""
+    """CSV with exactly ``columns`` first (missing ones empty), then any extra columns.
+    The text of ``DataFrame.to_csv(index=False)``; frames of integer, float and text
+    columns (every table of a run directory) are formatted a column at a time by numpy,
+    several times faster than pandas' row writer, others by pandas."""
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
     extra = [c for c in df.columns if c not in columns]
     df = df.reindex(columns=[*columns, *extra])
-    buf = io.StringIO()
-    df.to_csv(buf, index=False)
-    return buf.getvalue()
+    cells = [_csv_cells(df[c]) for c in df.columns] if len(df.columns) else None
+    if cells is None or any(c is None for c in cells):
+        buf = io.StringIO()
+        df.to_csv(buf, index=False)
+        return buf.getvalue()
+    header = ",".join(_csv_quote(str(c)) for c in df.columns) + "\n"
+    if not len(df):
+        return header
+    return header + "\n".join(map(",".join, zip(*cells, strict=True))) + "\n"
+
+
+_CSV_SPECIAL = re.compile(r'[,"\n]')  # what pandas' writer quotes (a lone CR it does not)
+
+
+def _csv_quote(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"' if _CSV_SPECIAL.search(text) else text
+
+
+def _csv_cells(col: pd.Series) -> list[str] | None:
+    """The CSV cells of one column as ``to_csv`` writes them, or None for a kind of column
+    this formatter leaves to pandas."""
+    kind = col.dtype.kind
+    if kind in "iu":
+        return list(map(str, col.to_numpy().tolist()))
+    if kind == "f":
+        values = col.to_numpy()
+        text = list(map(repr, values.tolist()))  # pandas writes the shortest repr too
+        for k in np.flatnonzero(np.isnan(values)).tolist():
+            text[k] = ""
+        return text
+    if kind == "O" or isinstance(col.dtype, pd.StringDtype):
+        codes, uniques = pd.factorize(col, use_na_sentinel=True)  # missing values: -1
+        if not all(isinstance(u, str) for u in uniques):
+            return None  # numbers or objects in a text column: pandas' rules
+        table = np.array([*map(_csv_quote, uniques), ""], dtype=object)
+        return table[codes].tolist()
+    return None
 
 
 def no_space(exc: BaseException) -> bool:
