@@ -6,7 +6,7 @@ worse is downgraded to ``inconclusive (load)`` when load can explain it: the run
 that came out slower received a smaller share of the CPU it could use than the
 faster run, by more than ``SHARE_MARGIN`` (relative). The CPU share of a run is
 its own CPU time over the wall time, divided by the CPUs it could use
-(``min(torch threads, logical CPUs)``): about 1 for a compute-bound run alone on
+(``min(torch threads, CPUs it may run on)``): about 1 for a compute-bound run alone on
 the machine, lower when other processes take turns on its CPUs. A slowdown by the
 factor the share fell is what competition alone produces; a run slower although
 it got as much CPU as its baseline is slower for its own reasons, and keeps its
@@ -75,6 +75,7 @@ def load_table(base: dict[str, Any], new: dict[str, Any],
     rows = [
         row("CPU model", lambda r: r.get("cpu_model") or ""),
         row("logical CPUs", lambda r: r.get("logical_cpus") or ""),
+        row("CPUs the run could use (affinity)", lambda r: r.get("allowed_cpus") or ""),
         row("torch threads (OMP_NUM_THREADS)",
             lambda r: f"{r['threads']['torch_threads']} ({r['threads'].get('OMP_NUM_THREADS')})"),
         row("frequency governor", lambda r: r.get("governor") or "not readable"),
@@ -116,8 +117,9 @@ def load_problem(base: dict[str, Any], new: dict[str, Any]) -> str:
 
 
 def _usable_cpus(record: dict[str, Any]) -> int:
+    """min(torch threads, CPUs the process may run on: its affinity, else all)."""
     threads = (record.get("threads") or {}).get("torch_threads") or 1
-    cpus = record.get("logical_cpus") or threads
+    cpus = record.get("allowed_cpus") or record.get("logical_cpus") or threads
     return max(1, min(int(threads), int(cpus)))
 
 

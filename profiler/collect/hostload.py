@@ -103,8 +103,10 @@ class HostLoad:
 
     def begin(self) -> None:
         ncpu = psutil.cpu_count(logical=True) or 1
+        allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else ncpu
         self.record = {"cpu_model": cpu_model(), "governor": governor(),
                        "threads": thread_settings(), "logical_cpus": ncpu,
+                       "allowed_cpus": allowed,
                        "loadavg_before": list(os.getloadavg()),
                        "before": busy_processes()}
         freq = psutil.cpu_freq()
