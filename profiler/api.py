@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -86,6 +85,38 @@ def _value(v: Any) -> Any:
     return v
 
 
+class _Phase:
+    """``Profile.phase``'s context manager (a class, not a generator: fewer steps per use)."""
+
+    __slots__ = ("_prof", "_name", "_scope", "_start")
+
+    def __init__(self, prof: Profile, name: str) -> None:
+        self._prof, self._name, self._scope = prof, name, None
+
+    def __enter__(self) -> Profile:
+        s = self._prof.session
+        if s.trace is not None and s.trace.recording:
+            self._scope = torch.profiler.record_function(PHASE_SCOPE_PREFIX + self._name)
+            self._scope.__enter__()
+        self._start = time.perf_counter()
+        return self._prof
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        prof, name, s = self._prof, self._name, self._prof.session
+        if self._scope is not None:
+            self._scope.__exit__(None, None, None)
+        if exc_type is not None:
+            return  # the step failed: nothing of this phase is recorded
+        if not prof._bare:
+            sync(prof.device)
+        elapsed = time.perf_counter() - self._start
+        phases = prof._phases
+        phases[name] = phases.get(name, 0.0) + elapsed
+        if self._scope is not None and s.trace is not None:
+            s.trace.mark_phase(name, prof._index, prof._loop.role_tensors())
+        s._stop.check()
+
+
 class Profile:
     """The object ``profile(...)`` returns; use it as a context manager."""
 
@@ -126,6 +157,8 @@ class Profile:
         self._t0 = self._c0 = 0.0
         self._t_start = 0.0
         self._phases: dict[str, float] = {}
+        self._pending: list[tuple] = []  # captured steps not yet recorded (``step``)
+        self._defer = mode != "full" and self.device.type == "cpu"
         self.status: str | None = None
         self.meta: dict[str, Any] | None = None
 
@@ -159,6 +192,10 @@ class Profile:
 
     def _close(self, exc: BaseException | None) -> None:
         s = self.session
+        try:
+            self._flush()  # the steps captured since the last heartbeat
+        except Exception as flush_exc:
+            exc = exc or flush_exc
         status: str = "complete"
         error: dict | None = None
         at_failure: dict | None = None
@@ -195,65 +232,69 @@ class Profile:
         self.status = self.meta["status"]
 
     # --- the loop ---------------------------------------------------------------------------
-    def _begin_step(self) -> None:
+    def _begin_step(self, counters_begun: bool = False) -> None:
+        """Start the next step's clocks (``counters_begun``: the memory counters were
+        already started by the previous step's read)."""
         self._phases = {}
         s = self.session
         if not self._bare:
             s.snapshot.window(s.trace is not None and s.trace.recording)  # CUDA history
-            s.memory.begin_step()
+            if not counters_begun:
+                s.memory.begin_step()
             sync(self.device)
         self._c0, self._t0 = time.process_time(), time.perf_counter()
 
-    @contextmanager
-    def phase(self, name: str):
+    def phase(self, name: str) -> _Phase:
         """Time one phase of the current step (device-synchronized at its end except in
         bare mode); inside the trace window it is also a scope of the region view."""
         if not name or "#" in name:
             raise ValueError(f"phase name must be non-empty without '#', got {name!r}")
-        s = self.session
-        recording = s.trace is not None and s.trace.recording
-        scope = None
-        if recording:
-            scope = torch.profiler.record_function(PHASE_SCOPE_PREFIX + name)
-            scope.__enter__()
-        start = time.perf_counter()
-        try:
-            yield self
-        finally:
-            if scope is not None:
-                scope.__exit__(None, None, None)
-        if not self._bare:
-            sync(self.device)
-        end = time.perf_counter()
-        self._phases[name] = self._phases.get(name, 0.0) + (end - start)
-        if recording and s.trace is not None:
-            s.trace.mark_phase(name, self._index, self._loop.role_tensors())
-        s._stop.check()
+        return _Phase(self, name)
 
     def step(self, **fields: Any) -> None:
-        """End the current step: record its row (``fields`` become steps.csv columns)."""
+        """End the current step: record its row (``fields`` become steps.csv columns).
+
+        In light and bare mode on CPU the rows of up to ``monitor_interval`` steps are kept
+        as captured figures and recorded together at the next heartbeat (or at the end):
+        the bookkeeping of a row then runs once per heartbeat in a warm cache instead of
+        after every training step in a cold one, which is most of its cost. In full mode
+        (the trace schedule advances per step) and on CUDA (the OOM guard reads each
+        step's peak) every row is recorded at once."""
         s = self.session
         if not self._bare:
             sync(self.device)
         t1, c1 = time.perf_counter(), time.process_time()
-        i = self._index
-        row: dict[str, Any] = {k: _value(v) for k, v in fields.items()}
-        for name, seconds in self._phases.items():
-            row[f"{name}_ms"] = seconds * 1e3
-        row.update(step=i, phase="warmup" if i < self.options.warmup else "measured",
-                   wall_ms=(t1 - self._t0) * 1e3, cpu_ms=(c1 - self._c0) * 1e3,
-                   end_ts=time.time(), rank=self.options.rank_index, instrumented=0 if self._bare else 1,
-                   traced=int(s.trace is not None and s.trace.recording))
-        if s.comm is not None:
-            row.update(s.comm.take())
-        if not self._bare:
-            row.update(s.memory.read())
-            s.snapshot.guard(i, row["peak_bytes"], row["reserved_bytes"])
-        s.rows.append(row)
-        s.after_step(i)
+        values = {k: _value(v) for k, v in fields.items()}  # tensors read now
+        memory = None if self._bare else s.memory.read(begin_next=True)
+        comm = s.comm.take() if s.comm is not None else None
+        traced = int(s.trace is not None and s.trace.recording)
+        self._pending.append((self._index, t1 - self._t0, c1 - self._c0, time.time(),
+                              self._phases, values, memory, comm, traced))
         self._index += 1
+        if not self._defer or len(self._pending) >= self.options.monitor_interval:
+            self._flush()
         s._stop.check()
-        self._begin_step()
+        self._begin_step(counters_begun=True)
+
+    def _flush(self) -> None:
+        """Record the captured rows (``step``), each followed by the session's bookkeeping."""
+        s = self.session
+        pending, self._pending = self._pending, []
+        for i, wall_s, cpu_s, end_ts, phases, values, memory, comm, traced in pending:
+            row: dict[str, Any] = dict(values)
+            for name, seconds in phases.items():
+                row[f"{name}_ms"] = seconds * 1e3
+            row.update(step=i, phase="warmup" if i < self.options.warmup else "measured",
+                       wall_ms=wall_s * 1e3, cpu_ms=cpu_s * 1e3, end_ts=end_ts,
+                       rank=self.options.rank_index, instrumented=0 if self._bare else 1,
+                       traced=traced)
+            if comm is not None:
+                row.update(comm)
+            if memory is not None:
+                row.update(memory)
+                s.snapshot.guard(i, row["peak_bytes"], row["reserved_bytes"])
+            s.rows.append(row)
+            s.after_step(i)
 
 
 def _with_steps(options: ProfileOptions, steps: int) -> ProfileOptions:

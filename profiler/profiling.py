@@ -84,24 +84,27 @@ def finish_ranks(session: ProfileSession, own_group: bool) -> None:
         return
     meta = session.writer.meta
     gathered = gather_summaries(meta) if meta["status"] == "complete" else None
-    if own_group:
+    if gathered is None and own_group:
+        shutdown()  # a peer blocked on this rank fails now instead of at its timeout
+    if info.rank == 0:
+        if gathered is not None:
+            records = {int(s["rank"]): s for s in gathered}
+        else:
+            records = wait_for_ranks(session.o.run_dir, info.world_size)
+            records[0] = rank_summary(meta)
+        combined = combine(info.world_size, records)
+        distributed = dict(meta.get("distributed") or {})
+        distributed.update(ranks=combined["ranks"], failed_ranks=combined["failed_ranks"],
+                           missing_ranks=combined["missing_ranks"])
+        session.writer.update(distributed=distributed, status=combined["status"],
+                              error=combined["error"])
+        session.writer.write_run()
+    elif gathered is None and session.o.trace_dir is not None:  # rank 0 may be gone
+        finish_root_for_lost_rank0(session.o.trace_dir, info.world_size, info.rank)
+    if gathered is not None and own_group:
+        # after the gathered record is written: the peers' last reads of the all-gather
+        # have had that long to finish before this rank closes its connections
         shutdown()
-    if info.rank != 0:
-        if gathered is None and session.o.trace_dir is not None:  # rank 0 may be gone
-            finish_root_for_lost_rank0(session.o.trace_dir, info.world_size, info.rank)
-        return
-    if gathered is not None:
-        records = {int(s["rank"]): s for s in gathered}
-    else:
-        records = wait_for_ranks(session.o.run_dir, info.world_size)
-        records[0] = rank_summary(meta)
-    combined = combine(info.world_size, records)
-    distributed = dict(meta.get("distributed") or {})
-    distributed.update(ranks=combined["ranks"], failed_ranks=combined["failed_ranks"],
-                       missing_ranks=combined["missing_ranks"])
-    session.writer.update(distributed=distributed, status=combined["status"],
-                          error=combined["error"])
-    session.writer.write_run()
 
 
 def postprocess(session: ProfileSession) -> dict[str, Any]:

@@ -68,7 +68,9 @@ STEPS_COLUMNS = (
                         # run's start: the workload's tensors, never the process heap)
     "reserved_bytes",   # CUDA caching allocator reserve; empty on CPU (no such thing)
     "peak_bytes",       # highest tensor bytes live during the step (peak reset each step)
-    "rss_bytes",        # process resident set size at the end of the step
+    "rss_bytes",        # process resident set size at the end of the step; sampled on the
+                        # first step and the heartbeat steps (every --monitor-interval
+                        # steps and the last; empty in between)
 )
 
 # steps.csv columns written only when the workload reports them (energy_flow does);
@@ -92,7 +94,8 @@ COLLECTOR_STEPS_COLUMNS = (
     "alloc_count",      # tensor allocations made during the step (deterministic for a seed)
     "alloc_bytes",      # their bytes
     "heap_bytes",       # glibc mallinfo2 bytes in use: every C allocation of the process,
-                        # profiler buffers included (context only, not model memory)
+                        # profiler buffers included (context only, not model memory);
+                        # sampled with rss_bytes
     "instrumented",     # --measure-overhead only: 1 instrumented, 0 bare step
 )
 

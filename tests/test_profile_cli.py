@@ -65,12 +65,16 @@ def test_full_run_writes_the_whole_run_directory(tmp_path, profile_cmd):
     assert steps["traced"].tolist() == [0, 0, 1, 1, 1, 1, 0, 0]  # profiler warm-up + active
     parts = steps["forward_ms"] + steps["backward_ms"] + steps["optimizer_ms"]
     assert ((parts <= steps["wall_ms"] + 1e-6) & (parts > 0.5 * steps["wall_ms"])).all()
-    assert (steps["rss_bytes"] > 0).all() and (steps["flows_created"] >= 32).all()
+    assert (steps["flows_created"] >= 32).all()
+    # process figures are sampled on the first step and the heartbeat steps (here the last)
+    sampled = steps["step"].isin([0, 7])
+    assert (steps.loc[sampled, "rss_bytes"] > 0).all()
+    assert steps.loc[~sampled, ["rss_bytes", "heap_bytes"]].isna().all().all()
     # tensor memory from the counting allocator: the model's tensors, well below the heap
     assert meta["device"]["allocator_stats"] == "tensor counter (counting CPU allocator)"
     assert (steps["allocated_bytes"] > 0).all() and (steps["alloc_count"] > 0).all()
     assert (steps["peak_bytes"] >= steps["allocated_bytes"]).all()
-    assert (steps["allocated_bytes"] < steps["heap_bytes"]).all()
+    assert (steps.loc[sampled, "allocated_bytes"] < steps.loc[sampled, "heap_bytes"]).all()
     assert steps["reserved_bytes"].isna().all()  # no caching-allocator reserve on CPU
     alloc = pd.read_csv(run_dir / "allocations.csv")
     assert list(alloc.columns) == [*ALLOCATION_COLUMNS, "owner_region"]

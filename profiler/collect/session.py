@@ -93,19 +93,24 @@ class StepLog:
 
     def __init__(self) -> None:
         self._rows: list[tuple] = []
-        self._known = frozenset(self.COLUMNS)
+        self._known = set(self.COLUMNS)  # the contract's columns and the extra ones so far
         self.extra_columns: list[str] = []
         self._reported: set[str] = set()
 
     def append(self, row: dict[str, Any]) -> None:
-        for key, value in row.items():
-            if key not in self._known and key not in self.extra_columns:
-                self.extra_columns.append(key)
-            if value is not None and key not in self._reported:
+        # set operations and map() keep the per-step cost (in a user's loop) small
+        new = row.keys() - self._known
+        if new:
+            for key in row:  # in the order they first appear
+                if key in new:
+                    self.extra_columns.append(key)
+            self._known.update(new)
+        for key in row.keys() - self._reported:
+            if row[key] is not None:
                 self._reported.add(key)
-        base = tuple(row.get(c) for c in self.COLUMNS)
+        base = tuple(map(row.get, self.COLUMNS))
         if self.extra_columns:
-            base += tuple(row.get(c) for c in self.extra_columns)
+            base += tuple(map(row.get, self.extra_columns))
         self._rows.append(base)
 
     def reported(self, column: str) -> bool:
@@ -189,7 +194,8 @@ class ProfileSession:
         self.writer = RunWriter(options.run_dir)
         self.rows = StepLog()
         self.pool_log: list[tuple[int, dict[str, dict[str, int]]]] = []  # (step, pool_stats())
-        self.memory = StepMemory(device, count_tensors=options.mode != "bare")
+        self.memory = StepMemory(device, count_tensors=options.mode != "bare",
+                                 heap_every=options.monitor_interval)
         self.host_load = HostLoad()
         self.nvml = NvmlSampler(options.nvml, device)
         self.snapshot = CudaSnapshot(device, path=str(options.run_dir / CUDA_SNAPSHOT))
@@ -386,10 +392,15 @@ class ProfileSession:
                 self.writer.meta["trace"]["heap_trimmed"] = trim_heap()
         if o.mode != "bare" and o.pool != "off" and hasattr(self.workload, "pool_stats"):
             self.pool_log.append((i, self.workload.pool_stats()))
-        if (i + 1) % o.monitor_interval == 0 or (o.steps and i + 1 == o.steps):
+        if self._heartbeat_due(i):
             self._heartbeat()
         if self.progress is not None:
             self.progress.step(i + 1, self.rows[-1])
+
+    def _heartbeat_due(self, i: int) -> bool:
+        """Step ``i`` ends with a heartbeat (every ``monitor_interval`` steps and the last)."""
+        o = self.o
+        return (i + 1) % o.monitor_interval == 0 or bool(o.steps and i + 1 == o.steps)
 
     def _sync_module_scopes(self) -> None:
         """Module scopes are installed only while torch.profiler records (no cost otherwise)."""
@@ -458,7 +469,7 @@ class ProfileSession:
                "end_ts": time.time(), "instrumented": 1, "rank": self.o.rank_index}
         if self.comm is not None:
             row.update(self.comm.take())
-        row.update(self.memory.read())
+        row.update(self.memory.read(process=i == 0 or self._heartbeat_due(i)))
         self.snapshot.guard(i, row["peak_bytes"], row["reserved_bytes"])
         return row
 

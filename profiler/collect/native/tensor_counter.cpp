@@ -117,4 +117,14 @@ void tc_read(int64_t* out) {
 
 void tc_reset_peak() { g_peak.store(g_live.load(std::memory_order_relaxed)); }
 
+// The addresses of the six counters (tc_read's order): lock-free 64-bit atomics with the
+// layout of int64_t, so Python can read them, and store the peak reset, without a call.
+void tc_addresses(int64_t* out) {
+  static_assert(sizeof(std::atomic<int64_t>) == sizeof(int64_t), "atomic layout");
+  static_assert(std::atomic<int64_t>::is_always_lock_free, "lock-free counters");
+  const std::atomic<int64_t>* counters[6] = {&g_live, &g_peak, &g_alloc_count,
+                                             &g_alloc_bytes, &g_free_count, &g_free_bytes};
+  for (int i = 0; i < 6; ++i) out[i] = reinterpret_cast<int64_t>(counters[i]);
+}
+
 }  // extern "C"
