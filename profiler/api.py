@@ -91,13 +91,15 @@ class _Phase:
     __slots__ = ("_prof", "_name", "_scope", "_start")
 
     def __init__(self, prof: Profile, name: str) -> None:
-        self._prof, self._name, self._scope = prof, name, None
+        self._prof, self._name = prof, name
+        self._scope: Any = None  # a record_function scope inside the trace window
 
     def __enter__(self) -> Profile:
         s = self._prof.session
         if s.trace is not None and s.trace.recording:
-            self._scope = torch.profiler.record_function(PHASE_SCOPE_PREFIX + self._name)
-            self._scope.__enter__()
+            scope = torch.profiler.record_function(PHASE_SCOPE_PREFIX + self._name)
+            scope.__enter__()
+            self._scope = scope
         self._start = time.perf_counter()
         return self._prof
 
