@@ -81,7 +81,7 @@ def _device_of(model: torch.nn.Module | None, device: str | torch.device | None)
 
 def _value(v: Any) -> Any:
     if isinstance(v, torch.Tensor):
-        return v.detach().item() if v.numel() == 1 else None
+        return v.item() if v.numel() == 1 else None  # item() reads without the graph
     return v
 
 
@@ -109,14 +109,15 @@ class _Phase:
             self._scope.__exit__(None, None, None)
         if exc_type is not None:
             return  # the step failed: nothing of this phase is recorded
-        if not prof._bare:
+        if prof._cuda and not prof._bare:
             sync(prof.device)
         elapsed = time.perf_counter() - self._start
         phases = prof._phases
         phases[name] = phases.get(name, 0.0) + elapsed
         if self._scope is not None and s.trace is not None:
             s.trace.mark_phase(name, prof._index, prof._loop.role_tensors())
-        s._stop.check()
+        if s._stop.signame is not None:
+            s._stop.check()
 
 
 class Profile:
@@ -160,7 +161,8 @@ class Profile:
         self._t_start = 0.0
         self._phases: dict[str, float] = {}
         self._pending: list[tuple] = []  # captured steps not yet recorded (``step``)
-        self._defer = mode != "full" and self.device.type == "cpu"
+        self._cuda = self.device.type == "cuda"  # device syncs: CUDA only
+        self._defer = mode != "full" and not self._cuda
         self.status: str | None = None
         self.meta: dict[str, Any] | None = None
 
@@ -240,10 +242,12 @@ class Profile:
         self._phases = {}
         s = self.session
         if not self._bare:
-            s.snapshot.window(s.trace is not None and s.trace.recording)  # CUDA history
+            if s.snapshot.active:  # CUDA memory history
+                s.snapshot.window(s.trace is not None and s.trace.recording)
             if not counters_begun:
                 s.memory.begin_step()
-            sync(self.device)
+            if self._cuda:
+                sync(self.device)
         self._c0, self._t0 = time.process_time(), time.perf_counter()
 
     def phase(self, name: str) -> _Phase:
@@ -263,19 +267,20 @@ class Profile:
         (the trace schedule advances per step) and on CUDA (the OOM guard reads each
         step's peak) every row is recorded at once."""
         s = self.session
-        if not self._bare:
+        if self._cuda and not self._bare:
             sync(self.device)
         t1, c1 = time.perf_counter(), time.process_time()
         values = {k: _value(v) for k, v in fields.items()}  # tensors read now
         memory = None if self._bare else s.memory.read(begin_next=True)
         comm = s.comm.take() if s.comm is not None else None
-        traced = int(s.trace is not None and s.trace.recording)
+        traced = 0 if s.trace is None else int(s.trace.recording)
         self._pending.append((self._index, t1 - self._t0, c1 - self._c0, time.time(),
                               self._phases, values, memory, comm, traced))
         self._index += 1
         if not self._defer or len(self._pending) >= self.options.monitor_interval:
             self._flush()
-        s._stop.check()
+        if s._stop.signame is not None:
+            s._stop.check()
         self._begin_step(counters_begun=True)
 
     def _flush(self) -> None:

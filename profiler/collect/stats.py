@@ -129,9 +129,19 @@ class StepMemory:
         the next step, in the same call to the counter (what follows counts to it).
         ``process``: sample the process figures now (None: on the first read and every
         ``heap_every`` reads)."""
-        out: dict[str, Any] = {"allocated_bytes": None, "reserved_bytes": None,
-                               "peak_bytes": None, "alloc_count": None, "alloc_bytes": None,
-                               "heap_bytes": None}
+        out: dict[str, Any]
+        if self._counter is not None:  # CPU: the counters read in place (``tensor_counter``)
+            live_c, peak_c, count_c, bytes_c = self._cells[:4]
+            live, peak, count, nbytes = live_c.value, peak_c.value, count_c.value, bytes_c.value
+            if begin_next:
+                peak_c.value = live
+            out = {"allocated_bytes": live - self._base, "reserved_bytes": None,
+                   "peak_bytes": peak - self._base, "alloc_count": count - self._last_count,
+                   "alloc_bytes": nbytes - self._last_bytes, "heap_bytes": None}
+            self._last_count, self._last_bytes = count, nbytes
+        else:
+            out = {"allocated_bytes": None, "reserved_bytes": None, "peak_bytes": None,
+                   "alloc_count": None, "alloc_bytes": None, "heap_bytes": None}
         if self._cuda:
             stats = torch.cuda.memory_stats(self.device)
             out["allocated_bytes"] = stats.get("allocated_bytes.all.current", 0)
@@ -144,16 +154,6 @@ class StepMemory:
             self._last_count, self._last_bytes = count, total
             if begin_next:
                 torch.cuda.reset_peak_memory_stats(self.device)
-        elif self._counter is not None:
-            live_c, peak_c, count_c, bytes_c = self._cells[:4]
-            live, peak, count, nbytes = live_c.value, peak_c.value, count_c.value, bytes_c.value
-            if begin_next:
-                peak_c.value = live
-            out["allocated_bytes"] = live - self._base
-            out["peak_bytes"] = peak - self._base
-            out["alloc_count"] = count - self._last_count
-            out["alloc_bytes"] = nbytes - self._last_bytes
-            self._last_count, self._last_bytes = count, nbytes
         if process is None:
             process = self._reads == 0 or (self._reads + 1) % self.heap_every == 0
         if process:
