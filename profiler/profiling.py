@@ -32,7 +32,7 @@ from profiler.analyze.timings import step_timings
 from profiler.analyze.window import window_operators, window_tables
 from profiler.collect.distributed import (
     combine,
-    finish_root_for_lost_rank0,
+    finish_root_record,
     gather_summaries,
     rank_summary,
     shutdown,
@@ -99,8 +99,9 @@ def finish_ranks(session: ProfileSession, own_group: bool) -> None:
         session.writer.update(distributed=distributed, status=combined["status"],
                               error=combined["error"])
         session.writer.write_run()
-    elif gathered is None and session.o.trace_dir is not None:  # rank 0 may be gone
-        finish_root_for_lost_rank0(session.o.trace_dir, info.world_size, info.rank)
+    elif gathered is None and session.o.trace_dir is not None:
+        # rank 0 may be gone, or may have combined the run before this rank ended
+        finish_root_record(session.o.trace_dir, info.world_size, info.rank)
     if gathered is not None and own_group:
         # after the gathered record is written: the peers' last reads of the all-gather
         # have had that long to finish before this rank closes its connections

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 
 import numpy as np
@@ -10,8 +12,10 @@ import pandas as pd
 import pytest
 
 from profiler.analyze import ranks
-from profiler.collect.distributed import CommTimer, combine
+from profiler.collect.distributed import CommTimer, combine, finish_root_record
+from profiler.collect.writer import RunLock
 from profiler.parse.trace import TraceFrames
+from profiler.rundir import RUN_JSON, lock_path
 
 
 def steps(rank: int, compute: list[float], comm: list[float], exposed: list[float],
@@ -163,3 +167,50 @@ def test_covered_length_matches_a_plain_sweep():
     step = grid[1] - grid[0]
     want = [inside[(grid >= x) & (grid < y)].sum() * step for x, y in zip(a, b, strict=True)]
     np.testing.assert_allclose(ranks._covered(starts, ends, a, b), want, atol=0.05)
+
+
+def _record(path, rank, status, pid, error=None, **extra):
+    path.mkdir(parents=True, exist_ok=True)
+    meta = {"name": "r", "status": status, "error": error, "steps_completed": 5,
+            "distributed": {"rank": rank, "host": socket.gethostname(), "pid": pid,
+                            "device": "cpu", "world_size": 2, **extra}}
+    (path / RUN_JSON).write_text(json.dumps(meta))
+    return meta
+
+
+def test_a_rank_that_ends_after_rank_0_gave_up_completes_the_record(tmp_path):
+    root = tmp_path / "r"
+    stopped = {"type": "StopRequested", "message": "stopped by SIGINT"}
+    # rank 0 waited, gave up and combined with rank 1 still running
+    _record(root, 0, "interrupted", os.getpid(), ranks=[
+        {"rank": 0, "status": "interrupted", "error": stopped, "pid": os.getpid(),
+         "host": socket.gethostname()},
+        {"rank": 1, "status": "running", "pid": os.getpid(), "host": socket.gethostname(),
+         "error": {"type": "RankNotResponding", "message": "rank 1 was still running"}}])
+    _record(root / "ranks" / "rank1", 1, "interrupted", os.getpid(), error=stopped)
+    combined = finish_root_record(root, 2, rank=1)
+    assert combined is not None and combined["status"] == "interrupted"
+    meta = json.loads((root / RUN_JSON).read_text())
+    assert [r["status"] for r in meta["distributed"]["ranks"]] == ["interrupted", "interrupted"]
+    assert meta["distributed"]["finished_by_rank"] == 1
+    # once the record shows this rank's end there is nothing more to do
+    assert finish_root_record(root, 2, rank=1) is None
+
+
+def test_a_rank_finishes_the_record_of_a_lost_rank_0_and_leaves_a_live_one_alone(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    root = tmp_path / "r"
+    _record(root, 0, "running", dead.pid)
+    _record(root / "ranks" / "rank1", 1, "interrupted", os.getpid(),
+            error={"type": "StopRequested", "message": "stopped by SIGTERM"})
+    lock = RunLock(root)
+    lock.acquire()  # rank 0 alive: it owns the record
+    assert finish_root_record(root, 2, rank=1) is None
+    lock.release()
+    lock_path(root).touch()  # a dead process's lock: the file stays, the kernel freed it
+    combined = finish_root_record(root, 2, rank=1)
+    assert combined["status"] == "failed" and combined["error"]["rank"] == 0
+    meta = json.loads((root / RUN_JSON).read_text())
+    assert meta["status"] == "failed" and meta["distributed"]["failed_ranks"] == [0]
+    assert meta["distributed"]["ranks"][0]["error"]["type"] == "RankLost"

@@ -244,17 +244,20 @@ def wait_for_ranks(run_dir: Path, world_size: int, wait_s: float = FINISH_WAIT_S
         time.sleep(0.2)
 
 
-def finish_root_for_lost_rank0(root: Path, world_size: int, rank: int) -> dict[str, Any] | None:
-    """The whole run's record finished by a surviving rank when rank 0 (its owner) is gone.
+def finish_root_record(root: Path, world_size: int, rank: int) -> dict[str, Any] | None:
+    """The whole run's record completed by rank ``rank`` (not 0) after its own end, when
+    that record does not show it: rank 0 (its owner) is gone, or rank 0 combined the run
+    before this rank had ended (it waits ``FINISH_WAIT_S`` for its peers, and a loaded
+    machine can take longer to finish a rank).
 
-    Acts only when the root record on this file system still says ``running`` and its
-    lock is free (the kernel released it: rank 0's process ended without finishing).
-    The survivor takes the lock (so that one survivor writes at a time), combines every
-    rank's record as rank 0 would (``combine``: rank 0 a lost rank, named as the cause)
-    and writes the root run.jsonc. Returns the combined result, or None when there was
-    nothing to do (rank 0 alive or finished, another node's root, a busy lock)."""
+    Rank 0 gone: the root record on this file system still says ``running`` and its lock
+    is free (the kernel released it: rank 0's process ended without finishing). Rank 0
+    too early: the record lists this rank as still running. Either way this rank takes
+    the lock (one writer at a time), combines every rank's record as rank 0 does
+    (``combine``; a lost rank 0 is named as the cause) and writes the root run.jsonc.
+    Returns the combined result, or None when there was nothing to do."""
     path = run_json_path(root)
-    if lock_held(root) is not False:
+    if _root_needs(path, rank) is None:
         return None
     lock = RunLock(root, wait_s=FINISH_WAIT_S)
     try:
@@ -262,14 +265,12 @@ def finish_root_for_lost_rank0(root: Path, world_size: int, rank: int) -> dict[s
     except RunDirError:
         return None
     try:
-        try:
-            meta = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        found = _root_needs(path, rank, locked=True)  # again, now that no one else writes it
+        if found is None:
             return None
-        if not isinstance(meta, dict) or meta.get("status") != "running":
-            return None
+        meta, rank0 = found
         records = wait_for_ranks(root, world_size)
-        records[0] = rank_summary(meta)
+        records[0] = rank0
         combined = combine(world_size, records)
         distributed = dict(meta.get("distributed") or {})
         distributed.update(ranks=combined["ranks"], failed_ranks=combined["failed_ranks"],
@@ -279,6 +280,29 @@ def finish_root_for_lost_rank0(root: Path, world_size: int, rank: int) -> dict[s
         return combined
     finally:
         lock.release()
+
+
+def _root_needs(path: Path, rank: int, locked: bool = False
+                ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(root record, rank 0's summary) when the root record needs this rank's completion
+    (``finish_root_record``), else None. ``locked``: this process holds the root's lock."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict):
+        return None
+    if meta.get("status") == "running":
+        if not locked and lock_held(path.parent) is not False:
+            return None  # rank 0 is alive and owns the record
+        return meta, rank_summary(meta)
+    listed = {r.get("rank"): r for r in (meta.get("distributed") or {}).get("ranks") or []
+              if isinstance(r, dict)}
+    mine = listed.get(rank) or {}
+    if listed.get(0) and (mine.get("status") == "running"
+                          or (mine.get("error") or {}).get("type") == "RankNotResponding"):
+        return meta, listed[0]
+    return None
 
 
 def _peer_error(error: Any) -> bool:
