@@ -6,7 +6,6 @@ import gzip
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from tb_helpers import TENSORBOARD, free_port, get_json, poll, tensorboard
 
 from profiler.parse.run import load_run
 from profiler.rundir import RUN_JSON
@@ -24,12 +24,6 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 TINY_SETS = [a for kv in ("lattice_width=4", "lattice_height=4", "batch_size=2",
                           "carrier_hidden=16", "mapper_hidden=32", "embedding_dim=32")
              for a in ("--set", kv)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def env() -> dict[str, str]:
@@ -256,67 +250,25 @@ def test_two_nodes_without_a_shared_file_system_then_merge(tmp_path):
     assert not (tmp_path / "twice").exists()
 
 
-TENSORBOARD = Path(sys.executable).parent / "tensorboard"
-
-
-def _get(base: str, path: str, **params):
-    import urllib.parse
-    import urllib.request
-
-    query = ("?" + urllib.parse.urlencode(params)) if params else ""
-    with urllib.request.urlopen(base + path + query, timeout=10) as resp:
-        body = resp.read()
-        if resp.headers.get("Content-Encoding") == "gzip":
-            body = gzip.decompress(body)
-        return json.loads(body)
-
-
-def _poll(fn, limit_s: float = 120.0):
-    import urllib.error
-
-    deadline, last = time.monotonic() + limit_s, None
-    while time.monotonic() < deadline:
-        try:
-            value = fn()
-            if value:
-                return value
-        except (urllib.error.URLError, ConnectionError, json.JSONDecodeError) as exc:
-            last = exc
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for TensorBoard ({last})")
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not TENSORBOARD.exists(), reason="no tensorboard executable in this env")
 def test_tensorboard_lists_one_worker_per_rank_and_the_distributed_view(two_ranks):
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(TENSORBOARD), "--logdir", str(two_ranks.parent), "--host", "127.0.0.1",
-         "--port", str(port), "--load_fast", "false"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}/data/plugin/pytorch_profiler"
-    try:
-        runs = _poll(lambda: (lambda d: d if "two" in d["runs"] and not d["loading"] else None)(
-            _get(base, "/runs")))
+    with tensorboard(two_ranks.parent) as server:
+        base = server + "/data/plugin/pytorch_profiler"
+        runs = poll(lambda: (lambda d: d if "two" in d["runs"] and not d["loading"] else None)(
+            get_json(base, "/runs")))
         assert runs["runs"] == ["two"]
-        views = _get(base, "/views", run="two")
+        views = get_json(base, "/views", run="two")
         assert "Distributed" in views and "Overview" in views, views
-        assert _get(base, "/workers", run="two", view="Overview") == ["rank0", "rank1"]
-        workers = _get(base, "/workers", run="two", view="Distributed")
+        assert get_json(base, "/workers", run="two", view="Overview") == ["rank0", "rank1"]
+        workers = get_json(base, "/workers", run="two", view="Distributed")
         assert workers == ["All"], workers
-        spans = _get(base, "/spans", run="two", worker="All")
-        ops = _get(base, "/distributed/commops", run="two", worker="All", span=spans[0])
+        spans = get_json(base, "/spans", run="two", worker="All")
+        ops = get_json(base, "/distributed/commops", run="two", worker="All", span=spans[0])
         assert sorted(ops["data"]) == ["rank0", "rank1"]  # per rank: its collectives
         for table in ops["data"].values():
             assert [row[0] for row in table["rows"]] == ["gloo:all_reduce"]
             assert table["rows"][0][1] >= 2  # calls: one per traced step at least
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.slow

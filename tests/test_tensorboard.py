@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-import gzip
-import json
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from pathlib import Path
-
 import pytest
 import torch
+from tb_helpers import TENSORBOARD, get_json, poll, tensorboard
 
 from profiler.collect.nvml import NvmlConfig
 from profiler.collect.session import ProfileOptions
@@ -23,37 +13,6 @@ from profiler.collect.workload import make_energy_flow_workload
 from profiler.profiling import run_profile
 
 pytestmark = pytest.mark.slow  # subprocesses / servers: end-to-end
-
-TENSORBOARD = Path(sys.executable).parent / "tensorboard"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get_json(base: str, path: str, **params):
-    query = ("?" + urllib.parse.urlencode(params)) if params else ""
-    with urllib.request.urlopen(base + path + query, timeout=10) as resp:
-        body = resp.read()
-        if resp.headers.get("Content-Encoding") == "gzip":
-            body = gzip.decompress(body)
-        return json.loads(body)
-
-
-def poll(fn, limit_s: float = 90.0):
-    deadline = time.monotonic() + limit_s
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            value = fn()
-            if value:
-                return value
-        except (urllib.error.URLError, ConnectionError, json.JSONDecodeError) as exc:
-            last = exc
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for TensorBoard ({last})")
 
 
 @pytest.fixture(scope="module")
@@ -72,13 +31,7 @@ def logdir(tmp_path_factory, tiny_overrides, tiny_config):
 @pytest.mark.skipif(not TENSORBOARD.exists(), reason="no tensorboard executable in this env")
 def test_tensorboard_lists_the_trace_memory_view_and_scalars(logdir):
     logdir, meta = logdir
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(TENSORBOARD), "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port),
-         "--load_fast", "false"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
+    with tensorboard(logdir) as base:
         runs = poll(lambda: (lambda d: d if "tiny" in d["runs"] and not d["loading"] else None)(
             get_json(base, "/data/plugin/pytorch_profiler/runs")))
         assert runs["runs"] == ["tiny"]
@@ -102,10 +55,3 @@ def test_tensorboard_lists_the_trace_memory_view_and_scalars(logdir):
         points = get_json(base, "/data/plugin/scalars/scalars", run="tiny",
                           tag="summary/samples_per_s")
         assert points[-1][2] == pytest.approx(meta["timings"]["samples_per_s"], rel=1e-6)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
