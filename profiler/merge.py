@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from profiler.collect.distributed import combine, rank_summary
+from profiler.collect.distributed import combine, combined_fields, rank_summary
 from profiler.errors import RunDirError
 from profiler.rundir import RANKS_DIR, TRACE_SUFFIXES, run_json_path, write_json
 
@@ -95,11 +95,7 @@ def merge_runs(sources: list[Path | str], dest: Path | str) -> dict[str, Any]:
                     shutil.copy2(item, tmp / item.name)
         for r, s in owner.items():
             shutil.copytree(s / RANKS_DIR / f"rank{r}", tmp / RANKS_DIR / f"rank{r}")
-        combined = combine(world, records)
-        info = dict(info)
-        info.update(ranks=combined["ranks"], failed_ranks=combined["failed_ranks"],
-                    missing_ranks=combined["missing_ranks"])
-        meta.update(status=combined["status"], error=combined["error"], distributed=info)
+        meta.update(combined_fields(meta, combine(world, records)))
         write_json(run_json_path(tmp), meta)
         tmp.rename(dest)
     except BaseException:

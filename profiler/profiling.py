@@ -32,6 +32,7 @@ from profiler.analyze.timings import step_timings
 from profiler.analyze.window import window_operators, window_tables
 from profiler.collect.distributed import (
     combine,
+    combined_fields,
     finish_root_record,
     gather_summaries,
     rank_summary,
@@ -92,12 +93,7 @@ def finish_ranks(session: ProfileSession, own_group: bool) -> None:
         else:
             records = wait_for_ranks(session.o.run_dir, info.world_size)
             records[0] = rank_summary(meta)
-        combined = combine(info.world_size, records)
-        distributed = dict(meta.get("distributed") or {})
-        distributed.update(ranks=combined["ranks"], failed_ranks=combined["failed_ranks"],
-                           missing_ranks=combined["missing_ranks"])
-        session.writer.update(distributed=distributed, status=combined["status"],
-                              error=combined["error"])
+        session.writer.update(**combined_fields(meta, combine(info.world_size, records)))
         session.writer.write_run()
     elif gathered is None and session.o.trace_dir is not None:
         # rank 0 may be gone, or may have combined the run before this rank ended

@@ -272,14 +272,23 @@ def finish_root_record(root: Path, world_size: int, rank: int) -> dict[str, Any]
         records = wait_for_ranks(root, world_size)
         records[0] = rank0
         combined = combine(world_size, records)
-        distributed = dict(meta.get("distributed") or {})
-        distributed.update(ranks=combined["ranks"], failed_ranks=combined["failed_ranks"],
-                           missing_ranks=combined["missing_ranks"], finished_by_rank=rank)
-        meta.update(distributed=distributed, status=combined["status"], error=combined["error"])
+        meta.update(combined_fields(meta, combined, finished_by_rank=rank))
         write_json(path, meta)
         return combined
     finally:
         lock.release()
+
+
+def combined_fields(meta: dict[str, Any], combined: dict[str, Any],
+                    **extra: Any) -> dict[str, Any]:
+    """The run.jsonc keys a ``combine`` result sets on the whole run's record ``meta``:
+    ``status``, ``error`` and ``distributed`` with ``ranks``, ``failed_ranks``,
+    ``missing_ranks`` (and ``extra``)."""
+    distributed = dict(meta.get("distributed") or {})
+    distributed.update(ranks=combined["ranks"], failed_ranks=combined["failed_ranks"],
+                       missing_ranks=combined["missing_ranks"], **extra)
+    return {"status": combined["status"], "error": combined["error"],
+            "distributed": distributed}
 
 
 def _root_needs(path: Path, rank: int, locked: bool = False

@@ -195,7 +195,7 @@ class ProfileSession:
         self.rows = StepLog()
         self.pool_log: list[tuple[int, dict[str, dict[str, int]]]] = []  # (step, pool_stats())
         self.memory = StepMemory(device, count_tensors=options.mode != "bare",
-                                 heap_every=options.monitor_interval)
+                                 process_every=options.monitor_interval)
         self.host_load = HostLoad()
         self.nvml = NvmlSampler(options.nvml, device)
         self.snapshot = CudaSnapshot(device, path=str(options.run_dir / CUDA_SNAPSHOT))

@@ -67,7 +67,7 @@ class StepMemory:
       allocation of the process, profiler buffers included. Context only, never
       compared as model memory.
     - ``rss_bytes``: process resident set size.
-    The two process figures are sampled on the first read and then every ``heap_every``
+    The two process figures are sampled on the first read and then every ``process_every``
     reads (empty in between): right after a training step mallinfo2 walks a heap full
     of freed chunks (about 0.2 ms) and the RSS read about 30 us, more than all the
     tensor figures together; they are context, and a trend every few steps serves.
@@ -75,11 +75,11 @@ class StepMemory:
     """
 
     def __init__(self, device: torch.device, count_tensors: bool = True,
-                 heap_every: int = 1) -> None:
-        if heap_every < 1:
-            raise ValueError(f"heap_every must be >= 1, got {heap_every}")
+                 process_every: int = 1) -> None:
+        if process_every < 1:
+            raise ValueError(f"process_every must be >= 1, got {process_every}")
         self.device = device
-        self.heap_every = heap_every
+        self.process_every = process_every
         self._reads = 0
         self._rss = _Rss()
         self._cuda = device.type == "cuda"
@@ -128,7 +128,7 @@ class StepMemory:
         """This step's figures (class docstring); ``begin_next``: also ``begin_step`` for
         the next step, in the same call to the counter (what follows counts to it).
         ``process``: sample the process figures now (None: on the first read and every
-        ``heap_every`` reads)."""
+        ``process_every`` reads)."""
         out: dict[str, Any]
         if self._counter is not None:  # CPU: the counters read in place (``tensor_counter``)
             live_c, peak_c, count_c, bytes_c = self._cells[:4]
@@ -155,7 +155,7 @@ class StepMemory:
             if begin_next:
                 torch.cuda.reset_peak_memory_stats(self.device)
         if process is None:
-            process = self._reads == 0 or (self._reads + 1) % self.heap_every == 0
+            process = self._reads == 0 or (self._reads + 1) % self.process_every == 0
         if process:
             if self._mallinfo is not None:
                 info = self._mallinfo()
