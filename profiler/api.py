@@ -85,6 +85,11 @@ def _value(v: Any) -> Any:
     return v
 
 
+# The longest a captured step waits to be recorded (progress lines stay timely when
+# steps are slow; fast steps, where deferring pays, reach monitor_interval first).
+DEFER_MAX_S = 5.0
+
+
 class _Phase:
     """``Profile.phase``'s context manager (a class, not a generator: fewer steps per use)."""
 
@@ -163,6 +168,7 @@ class Profile:
         self._pending: list[tuple] = []  # captured steps not yet recorded (``step``)
         self._cuda = self.device.type == "cuda"  # device syncs: CUDA only
         self._defer = mode != "full" and not self._cuda
+        self._flushed_at = time.perf_counter()
         self.status: str | None = None
         self.meta: dict[str, Any] | None = None
 
@@ -260,8 +266,9 @@ class Profile:
     def step(self, **fields: Any) -> None:
         """End the current step: record its row (``fields`` become steps.csv columns).
 
-        In light and bare mode on CPU the rows of up to ``monitor_interval`` steps are kept
-        as captured figures and recorded together at the next heartbeat (or at the end):
+        In light and bare mode on CPU the rows of up to ``monitor_interval`` steps (at most
+        ``DEFER_MAX_S`` seconds of them) are kept as captured figures and recorded together
+        at the next heartbeat (or at the end):
         the bookkeeping of a row then runs once per heartbeat in a warm cache instead of
         after every training step in a cold one, which is most of its cost. In full mode
         (the trace schedule advances per step) and on CUDA (the OOM guard reads each
@@ -277,8 +284,10 @@ class Profile:
         self._pending.append((self._index, t1 - self._t0, c1 - self._c0, time.time(),
                               self._phases, values, memory, comm, traced))
         self._index += 1
-        if not self._defer or len(self._pending) >= self.options.monitor_interval:
+        if (not self._defer or len(self._pending) >= self.options.monitor_interval
+                or t1 - self._flushed_at >= DEFER_MAX_S):
             self._flush()
+            self._flushed_at = t1
         if s._stop.signame is not None:
             s._stop.check()
         self._begin_step(counters_begun=True)

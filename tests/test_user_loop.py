@@ -207,6 +207,27 @@ def test_a_user_loop_keeps_the_record_as_it_goes_and_holds_its_name(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["live"]  # lock released, nothing staged
 
 
+def test_cpu_light_steps_are_recorded_at_the_heartbeat_or_after_at_most_a_few_seconds(
+        tmp_path, monkeypatch):
+    def recorded_after_each_step(name: str) -> list[int]:
+        seen = []
+        with profiler.profile(tmp_path / name, mode="light", monitor_interval=3,
+                              log=None) as prof:
+            for i in range(7):
+                prof.step(loss=float(i))
+                seen.append(len(prof.session.rows))
+        steps = pd.read_csv(tmp_path / name / "steps.csv")
+        assert steps["step"].tolist() == list(range(7))  # every row, the last ones at the end
+        assert steps["loss"].tolist() == [float(i) for i in range(7)]
+        return seen
+
+    # captured, then recorded in threes at the heartbeats
+    assert recorded_after_each_step("batched") == [0, 0, 3, 3, 3, 6, 6]
+    # a step older than DEFER_MAX_S is recorded at the next step at the latest
+    monkeypatch.setattr(profiler.api, "DEFER_MAX_S", 0.0)
+    assert recorded_after_each_step("timely") == [1, 2, 3, 4, 5, 6, 7]
+
+
 def test_bad_arguments_raise_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match="unknown mode 'fast'"):
         profiler.profile(tmp_path / "x", mode="fast")
