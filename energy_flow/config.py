@@ -60,6 +60,9 @@ class EnergyConfig:
     mapper_hidden: int = 512
     mapper_trainable: bool = False
     lr: float = 1e-3
+    # Linear learning-rate warm-up over this many optimizer steps (0 = none): Adam's first
+    # updates move every weight by ~lr whatever its gradient; see README, "Learning".
+    lr_warmup: int = 0
     # Completion term of the loss: weight of the mean distance to the nearer plane of the flows
     # still inside at the end (completed flows count 0), over all flows created; 0 = MSE only.
     completion_weight: float = 1.0
@@ -126,6 +129,10 @@ class EnergyConfig:
                               f"{self.displacement_lr_scale!r}")
         if self.plane_drift is not None and not 0 <= self.plane_drift <= 0.5:
             raise ConfigError(f"plane_drift must be in [0, 0.5] or None, got {self.plane_drift!r}")
+        if not isinstance(self.lr_warmup, int) or isinstance(self.lr_warmup, bool) \
+                or self.lr_warmup < 0:
+            raise ConfigError(f"lr_warmup must be an integer >= 0 (0 = none), got "
+                              f"{self.lr_warmup!r}")
         if not isinstance(self.max_consecutive_skips, int) or self.max_consecutive_skips < 0:
             raise ConfigError(f"max_consecutive_skips must be >= 0 (0 = never stop), got "
                               f"{self.max_consecutive_skips!r}")
@@ -190,7 +197,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         lattice_width=28, lattice_height=28, lattice_depth=40, batch_size=16, max_flows=200_000,
         carrier_hidden=512, carrier_layers=3, spawn_threshold=0.5, max_spawn_per_step=1,
         exploration_noise=0.005, convergence_threshold=0.95, convergence_min_steps=5,
-        convergence_patience=8, grad_accumulation=1, mapper_hidden=1024,
+        convergence_patience=8, grad_accumulation=1, mapper_hidden=1024, lr=5e-4, lr_warmup=5,
     ),
     "optimized": dict(
         lattice_width=100, lattice_height=100, lattice_depth=50, batch_size=32,

@@ -69,6 +69,8 @@ class Trainer:
         self.params = self.model.trainable_parameters()
         self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr,
                                            weight_decay=config.weight_decay)
+        for group in self.optimizer.param_groups:
+            group["target_lr"] = group["lr"]  # the lr after warm-up (``_warm_up``)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer)
         self.step = 0
         self.skipped_steps = 0
@@ -133,6 +135,7 @@ class Trainer:
                     if not math.isfinite(grad_norm):
                         cause = f"gradients became non-finite at step {step}"
                     else:
+                        self._warm_up()
                         self.optimizer.step()
                         self.optimizer_steps += 1
                         stepped = True
@@ -200,8 +203,22 @@ class Trainer:
         total = torch.nn.utils.clip_grad_norm_(self.params, self.config.global_clip)
         return float(total)
 
+    def _warm_up(self) -> None:
+        """Set each group's lr for the coming optimizer step: during the first ``lr_warmup``
+        steps a linear ramp (k / lr_warmup of the group's lr for the k-th step)."""
+        warmup = self.config.lr_warmup
+        if self.optimizer_steps > warmup or not warmup:
+            return
+        fraction = min(1.0, (self.optimizer_steps + 1) / warmup)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group.setdefault("target_lr", group["lr"]) * fraction
+
     def end_epoch(self, metric: float) -> None:
+        before = [g["lr"] for g in self.optimizer.param_groups]
         self.scheduler.step(metric)
+        for group, old in zip(self.optimizer.param_groups, before, strict=True):
+            if group["lr"] != old and old > 0:  # a plateau cut also lowers the warm-up's goal
+                group["target_lr"] = group.get("target_lr", old) * group["lr"] / old
 
     def state_dict(self) -> dict:
         return {

@@ -79,12 +79,6 @@ def _device_of(model: torch.nn.Module | None, device: str | torch.device | None)
     return torch.device("cpu")
 
 
-def _value(v: Any) -> Any:
-    if isinstance(v, torch.Tensor):
-        return v.item() if v.numel() == 1 else None  # item() reads without the graph
-    return v
-
-
 # The longest a captured step waits to be recorded (progress lines stay timely when
 # steps are slow; fast steps, where deferring pays, reach monitor_interval first).
 DEFER_MAX_S = 5.0
@@ -123,6 +117,30 @@ class _Phase:
             s.trace.mark_phase(name, prof._index, prof._loop.role_tensors())
         if s._stop.signame is not None:
             s._stop.check()
+
+
+class _LeanPhase:
+    """The phase of a light or bare CPU loop: no trace scope and no device to wait for, so
+    only the clock. One object per phase name, reused step after step (``Profile.phase``):
+    right after a training step the cache holds none of this code, and every object and
+    attribute it touches costs a miss. A stop request is checked at the step's end."""
+
+    __slots__ = ("_prof", "_name", "_start")
+
+    def __init__(self, prof: Profile, name: str) -> None:
+        self._prof, self._name = prof, name
+        self._start: float | None = None  # set while the phase runs
+
+    def __enter__(self) -> Profile:
+        self._start = time.perf_counter()
+        return self._prof
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        elapsed = time.perf_counter() - self._start  # type: ignore[operator]
+        self._start = None
+        if exc_type is None:
+            phases = self._prof._phases
+            phases[self._name] = phases.get(self._name, 0.0) + elapsed
 
 
 class Profile:
@@ -167,7 +185,9 @@ class Profile:
         self._phases: dict[str, float] = {}
         self._pending: list[tuple] = []  # captured steps not yet recorded (``step``)
         self._cuda = self.device.type == "cuda"  # device syncs: CUDA only
+        # light / bare on CPU: rows recorded at heartbeats, lean phases (``step``, ``phase``)
         self._defer = mode != "full" and not self._cuda
+        self._lean: dict[str, _LeanPhase] = {}
         self._flushed_at = time.perf_counter()
         self.status: str | None = None
         self.meta: dict[str, Any] | None = None
@@ -256,12 +276,20 @@ class Profile:
                 sync(self.device)
         self._c0, self._t0 = time.process_time(), time.perf_counter()
 
-    def phase(self, name: str) -> _Phase:
+    def phase(self, name: str) -> _Phase | _LeanPhase:
         """Time one phase of the current step (device-synchronized at its end except in
         bare mode); inside the trace window it is also a scope of the region view."""
+        lean = self._lean.get(name)
+        if lean is not None and lean._start is None:
+            return lean
         if not name or "#" in name:
             raise ValueError(f"phase name must be non-empty without '#', got {name!r}")
-        return _Phase(self, name)
+        if not self._defer:
+            return _Phase(self, name)
+        if lean is None:  # (a phase nested in itself gets an object of its own)
+            lean = self._lean[name] = _LeanPhase(self, name)
+            return lean
+        return _LeanPhase(self, name)
 
     def step(self, **fields: Any) -> None:
         """End the current step: record its row (``fields`` become steps.csv columns).
@@ -276,21 +304,37 @@ class Profile:
         s = self.session
         if self._cuda and not self._bare:
             sync(self.device)
-        t1, c1 = time.perf_counter(), time.process_time()
-        values = {k: _value(v) for k, v in fields.items()}  # tensors read now
-        memory = None if self._bare else s.memory.read(begin_next=True)
+        t1, end_ts, c1 = time.perf_counter(), time.time(), time.process_time()
+        for key, value in fields.items():
+            if isinstance(value, torch.Tensor):  # read now: the caller may change it later
+                fields[key] = value.item() if value.numel() == 1 else None
+        index = self._index
+        memory: Any = None
+        if not self._bare:
+            every = self.options.monitor_interval
+            # process figures on the first step and at heartbeats (``StepMemory``)
+            memory = s.memory.capture() if self._defer and index and (index + 1) % every \
+                else None
+            if memory is None:
+                memory = s.memory.read(begin_next=True)
         comm = s.comm.take() if s.comm is not None else None
         traced = 0 if s.trace is None else int(s.trace.recording)
-        self._pending.append((self._index, t1 - self._t0, c1 - self._c0, time.time(),
-                              self._phases, values, memory, comm, traced))
-        self._index += 1
+        self._pending.append((index, t1 - self._t0, c1 - self._c0, end_ts,
+                              self._phases, fields, memory, comm, traced))
+        self._index = index + 1
         if (not self._defer or len(self._pending) >= self.options.monitor_interval
                 or t1 - self._flushed_at >= DEFER_MAX_S):
             self._flush()
             self._flushed_at = t1
+            if s._stop.signame is not None:
+                s._stop.check()
+            self._begin_step(counters_begun=True)
+            return
         if s._stop.signame is not None:
             s._stop.check()
-        self._begin_step(counters_begun=True)
+        # the next step starts where this one ended (its counters were begun by capture)
+        self._phases = {}
+        self._c0, self._t0 = c1, t1
 
     def _flush(self) -> None:
         """Record the captured rows (``step``), each followed by the session's bookkeeping."""
@@ -307,7 +351,7 @@ class Profile:
             if comm is not None:
                 row.update(comm)
             if memory is not None:
-                row.update(memory)
+                row.update(memory if type(memory) is dict else s.memory.figures(memory))
                 s.snapshot.guard(i, row["peak_bytes"], row["reserved_bytes"])
             s.rows.append(row)
             s.after_step(i)

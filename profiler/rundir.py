@@ -205,8 +205,14 @@ def atomic_write(path: Path | str, write: Callable[[BinaryIO], object],
         raise
 
 
-def run_json_bytes(payload: dict[str, Any]) -> bytes:
-    return (json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
+def run_json_bytes(payload: dict[str, Any], compact: bool = False) -> bytes:
+    """run.json's bytes: indented, or ``compact`` (one line, same content): what a heartbeat
+    writes, since only indentation makes json use its pure-Python encoder (about 10x slower)."""
+    if compact:
+        text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
+    else:
+        text = json.dumps(payload, indent=2, sort_keys=True, default=str)
+    return (text + "\n").encode("utf-8")
 
 
 def write_json(path: Path | str, payload: dict[str, Any], sync: bool = True) -> None:

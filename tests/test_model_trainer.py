@@ -81,6 +81,37 @@ def test_checkpoint_round_trip(tmp_path, tiny):
     assert a.step == b.step == 3
 
 
+def test_lr_warmup_ramps_each_group_then_holds(tmp_path, make_tiny):
+    cfg = make_tiny(lr=1e-3, lr_warmup=4, displacement_lr_scale=0.5)
+    trainer = Trainer(cfg)
+    lrs = [(trainer.train_step(*_pairs(cfg, i)).lr, trainer.optimizer.param_groups[1]["lr"])
+           for i in range(3)]
+    assert lrs == [pytest.approx((k * 2.5e-4, k * 1.25e-4)) for k in (1, 2, 3)]
+    # a checkpoint taken during the ramp resumes it where it was
+    path = tmp_path / "ramp.pt"
+    trainer.save_checkpoint(path)
+    resumed = Trainer(cfg)
+    resumed.load_checkpoint(path)
+    for t in (trainer, resumed):
+        assert [t.train_step(*_pairs(cfg, i)).lr for i in (3, 4)] == pytest.approx([1e-3, 1e-3])
+    # a plateau cut after the ramp lowers the lr for good
+    for _ in range(12):
+        trainer.end_epoch(1.0)
+    cut = trainer.optimizer.param_groups[0]["lr"]
+    assert cut == pytest.approx(1e-4)
+    assert trainer.train_step(*_pairs(cfg, 5)).lr == pytest.approx(cut)
+
+
+def test_lr_warmup_ramp_aims_at_a_plateau_cut_lr(make_tiny):
+    cfg = make_tiny(lr=1e-3, lr_warmup=4)
+    trainer = Trainer(cfg)
+    trainer.train_step(*_pairs(cfg, 0))
+    for _ in range(12):  # ReduceLROnPlateau (patience 10, factor 0.1) cuts once
+        trainer.end_epoch(1.0)
+    assert [trainer.train_step(*_pairs(cfg, i)).lr for i in (1, 2, 3, 4)] == \
+        pytest.approx([5e-5, 7.5e-5, 1e-4, 1e-4])
+
+
 def test_checkpoint_mismatch_names_each_field(tmp_path, tiny):
     path = tmp_path / "model.pt"
     Trainer(tiny).save_checkpoint(path)

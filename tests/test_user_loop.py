@@ -228,6 +228,48 @@ def test_cpu_light_steps_are_recorded_at_the_heartbeat_or_after_at_most_a_few_se
     assert recorded_after_each_step("timely") == [1, 2, 3, 4, 5, 6, 7]
 
 
+def test_cpu_light_rows_captured_between_heartbeats_match_rows_read_at_each_step(tmp_path):
+    def run(name: str, interval: int) -> tuple[pd.DataFrame, profiler.Profile]:
+        torch.manual_seed(0)
+        model = Mlp()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        total = torch.zeros(())
+        with profiler.profile(tmp_path / name, mode="light", model=model, log=None,
+                              monitor_interval=interval) as prof:
+            assert prof.phase("forward") is prof.phase("forward")  # one object per name
+            for _ in range(12):
+                x, y = torch.randn(16, 32), torch.randn(16, 1)
+                with prof.phase("forward"):
+                    loss = nn.functional.mse_loss(model(x), y)
+                    with prof.phase("forward") as inner:  # nested in itself: its own clock
+                        assert inner is prof
+                with prof.phase("backward"):
+                    loss.backward()
+                with prof.phase("optimizer"):
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                total += 1  # changed in place after step(): its value is read at the step
+                prof.step(loss=loss, total=total)
+        return pd.read_csv(tmp_path / name / "steps.csv"), prof
+
+    batched, prof = run("batched", 5)   # rows captured, recorded every 5 steps
+    each, _ = run("each", 1)            # every row read and recorded at its step
+    assert prof.status == "complete"
+    assert batched["total"].tolist() == [float(i) for i in range(1, 13)]
+    counts = ["allocated_bytes", "peak_bytes", "alloc_count", "alloc_bytes"]
+    assert batched[counts].equals(each[counts])  # deterministic: same figures either way
+    assert (batched["alloc_count"] > 0).all() and batched["loss"].notna().all()
+    sampled = batched["step"].isin([0, 4, 9])  # the first step and the heartbeats
+    assert batched.loc[sampled, ["heap_bytes", "rss_bytes"]].notna().all().all()
+    assert batched.loc[~sampled, ["heap_bytes", "rss_bytes"]].isna().all().all()
+    parts = batched[["forward_ms", "backward_ms", "optimizer_ms"]]
+    assert (parts > 0).all().all() and (parts.sum(axis=1) <= batched["wall_ms"]).all()
+    # a step's wall time runs from the end of the one before (or of its heartbeat's
+    # bookkeeping) to its own end
+    ends = batched["end_ts"].diff().iloc[1:] * 1e3
+    assert (batched["wall_ms"].iloc[1:] <= ends + 0.1).all()
+
+
 def test_bad_arguments_raise_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match="unknown mode 'fast'"):
         profiler.profile(tmp_path / "x", mode="fast")

@@ -124,6 +124,29 @@ class StepMemory:
             c = self._counter.read()
             self._last_count, self._last_bytes = c.alloc_count, c.alloc_bytes
 
+    def capture(self) -> tuple[int, int, int, int] | None:
+        """``read(begin_next=True)``'s tensor figures as a tuple (allocated, peak,
+        allocations, allocated bytes), no process figures; None without the CPU counter
+        (then call ``read``). For a loop that records its rows later (``figures``): a few
+        loads and stores, where ``read`` builds its dict right after the step."""
+        if self._counter is None:
+            return None
+        live_c, peak_c, count_c, bytes_c = self._cells[:4]
+        live, count, nbytes = live_c.value, count_c.value, bytes_c.value
+        peak, peak_c.value = peak_c.value, live
+        taken = (live - self._base, peak - self._base, count - self._last_count,
+                 nbytes - self._last_bytes)
+        self._last_count, self._last_bytes = count, nbytes
+        self._reads += 1
+        return taken
+
+    @staticmethod
+    def figures(taken: tuple[int, int, int, int]) -> dict[str, Any]:
+        """The columns of ``read`` for a ``capture`` (process figures empty)."""
+        return {"allocated_bytes": taken[0], "reserved_bytes": None, "peak_bytes": taken[1],
+                "alloc_count": taken[2], "alloc_bytes": taken[3], "heap_bytes": None,
+                "rss_bytes": None}
+
     def read(self, begin_next: bool = False, process: bool | None = None) -> dict[str, Any]:
         """This step's figures (class docstring); ``begin_next``: also ``begin_step`` for
         the next step, in the same call to the counter (what follows counts to it).

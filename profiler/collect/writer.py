@@ -195,6 +195,11 @@ class RunLock:
 def csv_cell(value: Any) -> Any:
     """One steps.csv cell: None -> empty, bools as 0/1, floats in full precision with
     non-finite values spelled nan / inf / -inf (so a reader can tell them from 'not recorded')."""
+    kind = type(value)  # the common exact types first: a heartbeat formats every cell
+    if kind is float:
+        return repr(value) if value - value == 0.0 else str(value)  # inf - inf, nan: nan
+    if kind is int or kind is str:
+        return value
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -402,8 +407,9 @@ class RunWriter:
         self._atomic(RUN_JSON, lambda path: write_json(path, self.meta))
 
     def run_json(self) -> bytes:
-        """run.json as it would be written now (for a background write)."""
-        return run_json_bytes(self.meta)
+        """run.json as it would be written now, on one line (for a heartbeat's background
+        write; the final record is indented)."""
+        return run_json_bytes(self.meta, compact=True)
 
     def write_csv(self, name: str, rows: Iterable[Mapping[str, Any]] | pd.DataFrame,
                   columns: Sequence[str]) -> None:
