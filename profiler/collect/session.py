@@ -140,6 +140,15 @@ class StepLog:
         rows = [r + (None,) * (len(names) - len(r)) for r in self._rows]
         return pd.DataFrame.from_records(rows, columns=names)[list(columns)]
 
+    def values(self, start: int, columns: list[str] | tuple[str, ...]) -> list[tuple]:
+        """The rows from ``start`` on as tuples of ``columns``' values (None where a row has
+        no value): what steps.csv appends, without a dict per row."""
+        names = self._names
+        where = {name: i for i, name in enumerate(names)}
+        picks = [where.get(c, len(names)) for c in columns]  # len(names): always None
+        pad = (None,) * (len(names) + 1)
+        return [tuple(map((r + pad).__getitem__, picks)) for r in self._rows[start:]]
+
     def csv_columns(self, with_instrumented: bool) -> list[str]:
         """steps.csv columns: the contract's, the optional ones some row reported, the
         collector's, then the workload's own."""
@@ -489,8 +498,7 @@ class ProfileSession:
         if self.steps_file is None:
             columns = self.rows.csv_columns(self.o.measure_overhead)
             self.steps_file = self.writer.appender(STEPS_CSV, columns)
-        for row in self.rows[self._appended:]:
-            self.steps_file.add(row)
+        self.steps_file.add_values(self.rows.values(self._appended, self.steps_file.columns))
         self._appended = len(self.rows)
         self.steps_file.flush(sync=sync)
 

@@ -97,7 +97,7 @@ class StepMemory:
             try:
                 tensor_counter.install()
                 self._counter = tensor_counter
-                self._cells = tensor_counter.cells()
+                self._view = tensor_counter.view()
                 counts = tensor_counter.read()
                 self._base = counts.live_bytes
                 self._last_count, self._last_bytes = counts.alloc_count, counts.alloc_bytes
@@ -131,9 +131,9 @@ class StepMemory:
         loads and stores, where ``read`` builds its dict right after the step."""
         if self._counter is None:
             return None
-        live_c, peak_c, count_c, bytes_c = self._cells[:4]
-        live, count, nbytes = live_c.value, count_c.value, bytes_c.value
-        peak, peak_c.value = peak_c.value, live
+        view = self._view
+        live, peak, count, nbytes = view[0], view[1], view[2], view[3]
+        view[1] = live
         taken = (live - self._base, peak - self._base, count - self._last_count,
                  nbytes - self._last_bytes)
         self._last_count, self._last_bytes = count, nbytes
@@ -154,10 +154,10 @@ class StepMemory:
         ``process_every`` reads)."""
         out: dict[str, Any]
         if self._counter is not None:  # CPU: the counters read in place (``tensor_counter``)
-            live_c, peak_c, count_c, bytes_c = self._cells[:4]
-            live, peak, count, nbytes = live_c.value, peak_c.value, count_c.value, bytes_c.value
+            view = self._view
+            live, peak, count, nbytes = view[0], view[1], view[2], view[3]
             if begin_next:
-                peak_c.value = live
+                view[1] = live
             out = {"allocated_bytes": live - self._base, "reserved_bytes": None,
                    "peak_bytes": peak - self._base, "alloc_count": count - self._last_count,
                    "alloc_bytes": nbytes - self._last_bytes, "heap_bytes": None}

@@ -229,8 +229,9 @@ class RowAppender:
         if self._size == 0:
             self._write(self._encode([list(self.columns)]))
 
-    def add(self, row: Mapping[str, Any]) -> None:
-        self._pending.append([csv_cell(row.get(c)) for c in self.columns])
+    def add_values(self, rows: Iterable[Sequence[Any]]) -> None:
+        """Rows given as values in ``columns``' order."""
+        self._pending.extend(list(map(csv_cell, values)) for values in rows)
 
     @staticmethod
     def _encode(rows: list[list[Any]]) -> bytes:

@@ -17,12 +17,14 @@ namespace {
 
 constexpr size_t kHeader = 64;
 
-std::atomic<int64_t> g_live{0};        // bytes currently allocated through this allocator
-std::atomic<int64_t> g_peak{0};        // highest g_live since the last reset
-std::atomic<int64_t> g_alloc_count{0}; // allocations since install (monotonic)
-std::atomic<int64_t> g_alloc_bytes{0}; // bytes of those allocations (monotonic)
-std::atomic<int64_t> g_free_count{0};
-std::atomic<int64_t> g_free_bytes{0};
+// One array, so Python reads the six counters through one view (tc_addresses).
+std::atomic<int64_t> g_counters[6] = {};
+std::atomic<int64_t>& g_live = g_counters[0];         // bytes allocated here, not yet freed
+std::atomic<int64_t>& g_peak = g_counters[1];         // highest g_live since the last reset
+std::atomic<int64_t>& g_alloc_count = g_counters[2];  // allocations since install (monotonic)
+std::atomic<int64_t>& g_alloc_bytes = g_counters[3];  // bytes of those allocations (monotonic)
+std::atomic<int64_t>& g_free_count = g_counters[4];
+std::atomic<int64_t>& g_free_bytes = g_counters[5];
 
 void raise_peak(int64_t live) {
   int64_t peak = g_peak.load(std::memory_order_relaxed);
@@ -122,9 +124,7 @@ void tc_reset_peak() { g_peak.store(g_live.load(std::memory_order_relaxed)); }
 void tc_addresses(int64_t* out) {
   static_assert(sizeof(std::atomic<int64_t>) == sizeof(int64_t), "atomic layout");
   static_assert(std::atomic<int64_t>::is_always_lock_free, "lock-free counters");
-  const std::atomic<int64_t>* counters[6] = {&g_live, &g_peak, &g_alloc_count,
-                                             &g_alloc_bytes, &g_free_count, &g_free_bytes};
-  for (int i = 0; i < 6; ++i) out[i] = reinterpret_cast<int64_t>(counters[i]);
+  for (int i = 0; i < 6; ++i) out[i] = reinterpret_cast<int64_t>(&g_counters[i]);
 }
 
 }  // extern "C"
