@@ -79,6 +79,11 @@ def _device_of(model: torch.nn.Module | None, device: str | torch.device | None)
     return torch.device("cpu")
 
 
+# The clocks and the tensor type as module globals: one dictionary lookup each on the per-step
+# path, which runs in a cache the training step has just evicted (see ``_LeanPhase``).
+_clock, _wall_clock, _cpu_clock = time.perf_counter, time.time, time.process_time
+_Tensor = torch.Tensor
+
 # The longest a captured step waits to be recorded (progress lines stay timely when
 # steps are slow; fast steps, where deferring pays, reach monitor_interval first).
 DEFER_MAX_S = 5.0
@@ -132,11 +137,11 @@ class _LeanPhase:
         self._start: float | None = None  # set while the phase runs
 
     def __enter__(self) -> Profile:
-        self._start = time.perf_counter()
+        self._start = _clock()
         return self._prof
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        elapsed = time.perf_counter() - self._start  # type: ignore[operator]
+        elapsed = _clock() - self._start  # type: ignore[operator]
         self._start = None
         if exc_type is None:
             phases = self._prof._phases
@@ -304,9 +309,9 @@ class Profile:
         s = self.session
         if self._cuda and not self._bare:
             sync(self.device)
-        t1, end_ts, c1 = time.perf_counter(), time.time(), time.process_time()
+        t1, end_ts, c1 = _clock(), _wall_clock(), _cpu_clock()
         for key, value in fields.items():
-            if isinstance(value, torch.Tensor):  # read now: the caller may change it later
+            if isinstance(value, _Tensor):  # read now: the caller may change it later
                 fields[key] = value.item() if value.numel() == 1 else None
         index = self._index
         memory: Any = None

@@ -109,6 +109,10 @@ def test_spawn_budget_is_validated():
         make_config("debug", max_consecutive_skips=-1)
     with pytest.raises(ConfigError, match="plane_drift"):
         make_config("debug", plane_drift=0.7)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ConfigError, match="lr_warmup must be an integer >= 0"):
+            make_config("debug", lr_warmup=bad)
+    assert make_config("experiment").lr_warmup == 5 and make_config("debug").lr_warmup == 0
 
 
 def test_before_variant_has_the_same_learning_dynamics(make_tiny):
