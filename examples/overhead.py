@@ -26,7 +26,7 @@ import time
 
 import torch
 from torch import nn
-from transformer import BATCH, SEQ, TransformerWorkload, batch
+from transformer import BATCH, SEQ, TransformerWorkload, batch, profiled_step
 
 import profiler
 from profiler.collect import tensor_counter
@@ -39,17 +39,6 @@ def plain(w: TransformerWorkload, x: torch.Tensor, y: torch.Tensor) -> None:
     loss.backward()
     w.opt.step()
     w.opt.zero_grad(set_to_none=True)
-
-
-def profiled(prof, w: TransformerWorkload, x: torch.Tensor, y: torch.Tensor) -> None:
-    with prof.phase("forward"):
-        loss = nn.functional.cross_entropy(w.module(x).flatten(0, 1), y.flatten())
-    with prof.phase("backward"):
-        loss.backward()
-    with prof.phase("optimizer"):
-        w.opt.step()
-        w.opt.zero_grad(set_to_none=True)
-    prof.step(loss=loss, samples=BATCH, tokens=BATCH * SEQ)
 
 
 def timed(prof, w: TransformerWorkload, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -92,7 +81,7 @@ def main(rounds: int = 300, warmup: int = 20) -> None:
                     tensor_counter.uninstall()  # the loop as it runs without the profiler
                 t0 = clock()
                 if kind == "profiled":
-                    profiled(prof, w, x, y)
+                    profiled_step(prof, w, x, y)
                 elif kind == "timed":
                     before = len(prof._pending)
                     inside = timed(prof, w, x, y)

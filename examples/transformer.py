@@ -18,8 +18,7 @@ class TinyLM(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.embed = nn.Embedding(VOCAB, WIDTH)
-        layer = nn.TransformerEncoderLayer(WIDTH, HEADS, 4 * WIDTH, dropout=0.0,
-                                           batch_first=True)
+        layer = nn.TransformerEncoderLayer(WIDTH, HEADS, 4 * WIDTH, dropout=0.0, batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, LAYERS, enable_nested_tensor=False)
         self.head = nn.Linear(WIDTH, VOCAB)
 
@@ -35,7 +34,6 @@ def batch(step: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 
 class TransformerWorkload:
     """The Workload protocol: ``step`` plus the optional ``module``."""
-
     def __init__(self, device: torch.device) -> None:
         torch.manual_seed(0)
         self.module = TinyLM().to(device)
@@ -58,21 +56,23 @@ def make_workload(device: torch.device) -> TransformerWorkload:
     return TransformerWorkload(device)
 
 
+def profiled_step(prof, w: TransformerWorkload, x: torch.Tensor, y: torch.Tensor) -> None:
+    with prof.phase("forward"):
+        loss = nn.functional.cross_entropy(w.module(x).flatten(0, 1), y.flatten())
+    with prof.phase("backward"):
+        loss.backward()
+    with prof.phase("optimizer"):
+        w.opt.step()
+        w.opt.zero_grad(set_to_none=True)
+    prof.step(loss=loss, samples=BATCH, tokens=BATCH * SEQ)
+
+
 def main(run_dir: str, steps: int = 12, mode: str = "full") -> None:
     import profiler
-
     w = TransformerWorkload(torch.device("cpu"))
     with profiler.profile(run_dir, mode=mode, model=w.module, optimizer=w.opt) as prof:
         for i in range(steps):
-            x, y = batch(i, w.device)
-            with prof.phase("forward"):
-                loss = nn.functional.cross_entropy(w.module(x).flatten(0, 1), y.flatten())
-            with prof.phase("backward"):
-                loss.backward()
-            with prof.phase("optimizer"):
-                w.opt.step()
-                w.opt.zero_grad(set_to_none=True)
-            prof.step(loss=loss, samples=BATCH, tokens=BATCH * SEQ)
+            profiled_step(prof, w, *batch(i, w.device))
 
 
 if __name__ == "__main__":
