@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 from collections.abc import Callable
@@ -233,11 +234,15 @@ class Trainer:
         }
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
-        """Write the checkpoint atomically (temporary file, then rename)."""
+        """Write the checkpoint atomically (temporary file, then rename). It is serialized in
+        memory first: torch's zip writer turns a failed write (a full disk) into an internal
+        assertion ("unexpected pos"), while a plain write of the bytes raises the OSError
+        that names the cause."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = self.state_dict()
-        atomic_write(path, lambda handle: torch.save(state, handle))
+        buffer = io.BytesIO()
+        torch.save(self.state_dict(), buffer)
+        atomic_write(path, lambda handle: handle.write(buffer.getbuffer()))
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Load a checkpoint written by ``save_checkpoint``. Everything is checked before
