@@ -48,3 +48,20 @@ def test_column_order_missing_columns_and_empty_tables():
     assert csv_text([], ["x", "y"]) == "x,y\n"
     assert csv_text([{"y": 1}, {"x": "s", "z": 2.0}], ["x", "y"]) == \
         _pandas(pd.DataFrame([{"y": 1}, {"x": "s", "z": 2.0}])[["x", "y", "z"]])
+
+
+def test_steps_rows_appended_as_values_read_as_written(tmp_path):
+    from profiler.collect.writer import RowAppender, csv_cell
+
+    rows = [(0, "warmup", 1.5, float("nan"), None, float("inf"), 3, "a,b"),  # plain: as is
+            (1, "measured", np.float32(0.1), True, np.int64(7), -float("inf"), None, 'q"')]
+    appender = RowAppender(tmp_path / "steps.csv", list("abcdefgh"))
+    appender.add_values(rows)
+    assert appender.flush(sync=False) == 2
+    appender.close()
+    expected = io.StringIO()
+    pd.DataFrame([[csv_cell(v) for v in r] for r in rows], columns=list("abcdefgh")).to_csv(
+        expected, index=False, lineterminator="\n")
+    assert (tmp_path / "steps.csv").read_text() == expected.getvalue()
+    assert expected.getvalue().splitlines()[1:] == [
+        '0,warmup,1.5,nan,,inf,3,"a,b"', '1,measured,0.10000000149011612,1,7,-inf,,"q"""']

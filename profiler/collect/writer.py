@@ -212,6 +212,9 @@ def csv_cell(value: Any) -> Any:
     return value
 
 
+_PLAIN_CELLS = {float, int, str, type(None)}
+
+
 class RowAppender:
     """A CSV file that grows by blocks of complete rows (``O_APPEND``, one write per block).
 
@@ -225,16 +228,19 @@ class RowAppender:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
         self._fd: int | None = fd
         self._size = os.fstat(fd).st_size
-        self._pending: list[list[Any]] = []
+        self._pending: list[Sequence[Any]] = []
         if self._size == 0:
             self._write(self._encode([list(self.columns)]))
 
     def add_values(self, rows: Iterable[Sequence[Any]]) -> None:
-        """Rows given as values in ``columns``' order."""
-        self._pending.extend(list(map(csv_cell, values)) for values in rows)
+        """Rows given as values in ``columns``' order. A row of plain floats, ints, strings
+        and Nones goes to the csv writer as it is: it writes those as ``csv_cell`` would
+        (repr of a float, nan / inf / -inf, empty for None); other rows are converted."""
+        self._pending.extend(values if set(map(type, values)) <= _PLAIN_CELLS
+                             else list(map(csv_cell, values)) for values in rows)
 
     @staticmethod
-    def _encode(rows: list[list[Any]]) -> bytes:
+    def _encode(rows: Sequence[Sequence[Any]]) -> bytes:
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerows(rows)
         return buf.getvalue().encode("utf-8")
