@@ -18,9 +18,10 @@ Phases are optional (a step without them has only ``wall_ms``); ``forward``, ``b
 and ``optimizer`` fill steps.csv's ``*_ms`` columns, any other phase a ``<name>_ms``
 column. Keyword fields of ``step()`` become steps.csv columns (tensors are read with
 ``.item()``). An exception inside the ``with`` block leaves status ``failed`` (``oom``
-for out-of-memory) and propagates. Ctrl-C or SIGTERM stops the loop at the next phase or
-step end, leaves ``interrupted`` and then raises ``KeyboardInterrupt`` (SIGINT) or
-``SystemExit(143)`` (SIGTERM) out of the block; a second Ctrl-C interrupts at once.
+for out-of-memory) and propagates. Ctrl-C or SIGTERM stops the loop at the next step end
+(or phase end, in full mode and on CUDA), leaves ``interrupted`` and then raises
+``KeyboardInterrupt`` (SIGINT) or ``SystemExit(143)`` (SIGTERM) out of the block; a second
+Ctrl-C interrupts at once.
 """
 
 from __future__ import annotations
@@ -327,19 +328,18 @@ class Profile:
         self._pending.append((index, t1 - self._t0, c1 - self._c0, end_ts,
                               self._phases, fields, memory, comm, traced))
         self._index = index + 1
-        if (not self._defer or len(self._pending) >= self.options.monitor_interval
-                or t1 - self._flushed_at >= DEFER_MAX_S):
+        flush = (not self._defer or len(self._pending) >= self.options.monitor_interval
+                 or t1 - self._flushed_at >= DEFER_MAX_S)
+        if flush:
             self._flush()
             self._flushed_at = t1
-            if s._stop.signame is not None:
-                s._stop.check()
-            self._begin_step(counters_begun=True)
-            return
         if s._stop.signame is not None:
             s._stop.check()
-        # the next step starts where this one ended (its counters were begun by capture)
-        self._phases = {}
-        self._c0, self._t0 = c1, t1
+        if flush:  # the next step's clocks start after the bookkeeping
+            self._begin_step(counters_begun=True)
+        else:  # the next step starts where this one ended (``capture`` began its counters)
+            self._phases = {}
+            self._c0, self._t0 = c1, t1
 
     def _flush(self) -> None:
         """Record the captured rows (``step``), each followed by the session's bookkeeping."""
