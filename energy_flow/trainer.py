@@ -212,14 +212,14 @@ class Trainer:
             return
         fraction = min(1.0, (self.optimizer_steps + 1) / warmup)
         for group in self.optimizer.param_groups:
-            group["lr"] = group.setdefault("target_lr", group["lr"]) * fraction
+            group["lr"] = group["target_lr"] * fraction
 
     def end_epoch(self, metric: float) -> None:
         before = [g["lr"] for g in self.optimizer.param_groups]
         self.scheduler.step(metric)
         for group, old in zip(self.optimizer.param_groups, before, strict=True):
             if group["lr"] != old and old > 0:  # a plateau cut also lowers the warm-up's goal
-                group["target_lr"] = group.get("target_lr", old) * group["lr"] / old
+                group["target_lr"] *= group["lr"] / old
 
     def state_dict(self) -> dict:
         return {
@@ -267,6 +267,8 @@ class Trainer:
             except Exception as exc:
                 raise CheckpointError(f"{path}: field {what!r} cannot be loaded "
                                       f"({type(exc).__name__}{_first_line(exc)})") from None
+        for group in self.optimizer.param_groups:  # a checkpoint from before the warm-up
+            group.setdefault("target_lr", group["lr"])
         self.step = int(state["step"])
         self.skipped_steps = int(state["skipped_steps"])
         self.optimizer_steps = int(state.get("optimizer_steps", 0))

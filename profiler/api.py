@@ -292,10 +292,9 @@ class Profile:
             raise ValueError(f"phase name must be non-empty without '#', got {name!r}")
         if not self._defer:
             return _Phase(self, name)
-        if lean is None:  # (a phase nested in itself gets an object of its own)
-            lean = self._lean[name] = _LeanPhase(self, name)
-            return lean
-        return _LeanPhase(self, name)
+        lean = _LeanPhase(self, name)
+        self._lean.setdefault(name, lean)  # (a phase nested in itself: an object of its own)
+        return lean
 
     def step(self, **fields: Any) -> None:
         """End the current step: record its row (``fields`` become steps.csv columns).

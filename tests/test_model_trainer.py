@@ -102,6 +102,21 @@ def test_lr_warmup_ramps_each_group_then_holds(tmp_path, make_tiny):
     assert trainer.train_step(*_pairs(cfg, 5)).lr == pytest.approx(cut)
 
 
+def test_a_checkpoint_from_before_the_warm_up_still_trains(tmp_path, make_tiny):
+    cfg = make_tiny(lr=1e-3)
+    trainer = Trainer(cfg)
+    trainer.train_step(*_pairs(cfg, 0))
+    state = trainer.state_dict()
+    for group in state["optimizer"]["param_groups"]:
+        del group["target_lr"]  # what an older version saved
+    path = tmp_path / "old.pt"
+    torch.save(state, path)
+    resumed = Trainer(cfg)
+    resumed.load_checkpoint(path)
+    assert resumed.train_step(*_pairs(cfg, 1)).lr == pytest.approx(1e-3)
+    resumed.end_epoch(1.0)  # the plateau bookkeeping reads the goal too
+
+
 def test_lr_warmup_ramp_aims_at_a_plateau_cut_lr(make_tiny):
     cfg = make_tiny(lr=1e-3, lr_warmup=4)
     trainer = Trainer(cfg)

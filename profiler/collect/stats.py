@@ -131,13 +131,19 @@ class StepMemory:
         loads and stores, where ``read`` builds its dict right after the step."""
         if self._counter is None:
             return None
+        self._reads += 1
+        return self._take(begin_next=True)
+
+    def _take(self, begin_next: bool) -> tuple[int, int, int, int]:
+        """The CPU counters since the last take (the peak reset for the next step when
+        ``begin_next``), read in place (``tensor_counter.view``)."""
         view = self._view
         live, peak, count, nbytes = view[0], view[1], view[2], view[3]
-        view[1] = live
+        if begin_next:
+            view[1] = live
         taken = (live - self._base, peak - self._base, count - self._last_count,
                  nbytes - self._last_bytes)
         self._last_count, self._last_bytes = count, nbytes
-        self._reads += 1
         return taken
 
     @staticmethod
@@ -153,15 +159,8 @@ class StepMemory:
         ``process``: sample the process figures now (None: on the first read and every
         ``process_every`` reads)."""
         out: dict[str, Any]
-        if self._counter is not None:  # CPU: the counters read in place (``tensor_counter``)
-            view = self._view
-            live, peak, count, nbytes = view[0], view[1], view[2], view[3]
-            if begin_next:
-                view[1] = live
-            out = {"allocated_bytes": live - self._base, "reserved_bytes": None,
-                   "peak_bytes": peak - self._base, "alloc_count": count - self._last_count,
-                   "alloc_bytes": nbytes - self._last_bytes, "heap_bytes": None}
-            self._last_count, self._last_bytes = count, nbytes
+        if self._counter is not None:  # CPU: the tensor counter
+            out = self.figures(self._take(begin_next))
         else:
             out = {"allocated_bytes": None, "reserved_bytes": None, "peak_bytes": None,
                    "alloc_count": None, "alloc_bytes": None, "heap_bytes": None}

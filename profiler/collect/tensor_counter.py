@@ -61,8 +61,8 @@ def load() -> ctypes.CDLL:
     lib.tc_installed.restype = ctypes.c_int
     lib.tc_read.argtypes = [ctypes.POINTER(ctypes.c_int64)]
     lib.tc_read.restype = None
-    lib.tc_addresses.argtypes = [ctypes.POINTER(ctypes.c_int64)]
-    lib.tc_addresses.restype = None
+    lib.tc_counters.argtypes = []
+    lib.tc_counters.restype = ctypes.c_void_p
     _lib = lib
     return lib
 
@@ -99,10 +99,6 @@ def view() -> memoryview:
     """The six counters of ``Counts`` in place, as one int64 memoryview: ``view()[i]`` reads
     one and ``v[1] = v[0]`` resets the peak, with no call into the library and one object
     to touch (what a step's end costs in a cache the step has evicted). Aligned 64-bit loads
-    and stores, as the library's relaxed atomics; the counters are one array there."""
-    addresses = (ctypes.c_int64 * 6)()
-    load().tc_addresses(addresses)
-    if list(addresses) != [addresses[0] + 8 * i for i in range(6)]:
-        raise CounterUnavailable("the counters are not one array (tensor counter library)")
-    block = (ctypes.c_int64 * 6).from_address(addresses[0])
+    and stores, as the library's relaxed atomics."""
+    block = (ctypes.c_int64 * 6).from_address(load().tc_counters())
     return memoryview(block).cast("B").cast("q")

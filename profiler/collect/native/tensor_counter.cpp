@@ -17,7 +17,7 @@ namespace {
 
 constexpr size_t kHeader = 64;
 
-// One array, so Python reads the six counters through one view (tc_addresses).
+// One array, so Python reads the six counters through one view (tc_counters).
 std::atomic<int64_t> g_counters[6] = {};
 std::atomic<int64_t>& g_live = g_counters[0];         // bytes allocated here, not yet freed
 std::atomic<int64_t>& g_peak = g_counters[1];         // highest g_live since the last reset
@@ -119,12 +119,12 @@ void tc_read(int64_t* out) {
 
 void tc_reset_peak() { g_peak.store(g_live.load(std::memory_order_relaxed)); }
 
-// The addresses of the six counters (tc_read's order): lock-free 64-bit atomics with the
-// layout of int64_t, so Python can read them, and store the peak reset, without a call.
-void tc_addresses(int64_t* out) {
+// The six counters (tc_read's order) in place: lock-free 64-bit atomics with the layout of
+// int64_t, one array, so Python reads them, and stores the peak reset, without a call.
+int64_t* tc_counters() {
   static_assert(sizeof(std::atomic<int64_t>) == sizeof(int64_t), "atomic layout");
   static_assert(std::atomic<int64_t>::is_always_lock_free, "lock-free counters");
-  for (int i = 0; i < 6; ++i) out[i] = reinterpret_cast<int64_t>(&g_counters[i]);
+  return reinterpret_cast<int64_t*>(g_counters);
 }
 
 }  // extern "C"
