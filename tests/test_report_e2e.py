@@ -68,10 +68,12 @@ def report(*args) -> subprocess.CompletedProcess:
 
 
 def test_same_configuration_is_within_noise_on_every_metric(real_runs, tmp_path):
-    # Steps of ~40 ms CPU time, three processes time-sliced on one core of a shared machine:
-    # a 10% noise floor for timings (the report's default, 5%, suits a dedicated machine).
+    # Steps of ~40 ms CPU time, two processes time-sliced on one core of a shared machine:
+    # a 15% noise floor for timings (the report's default, 5%, suits a dedicated machine).
+    # The phases are the noisiest: a clean-clone CI run measured forward 39.7 vs 35.7 ms
+    # (0.900x) for this identical pair, where the slices fell differently across phases.
     proc = report(real_runs / "same_a", real_runs / "same_b", "--out", tmp_path,
-                  "--fail-on-regression", "5%", "--noise", "10%")
+                  "--fail-on-regression", "5%", "--noise", "15%")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = pd.read_csv(tmp_path / "summary.csv")
     assert len(summary) >= 20
