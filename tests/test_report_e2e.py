@@ -92,9 +92,9 @@ def test_same_configuration_is_within_noise_on_every_metric(real_runs, tmp_path)
     assert by.loc["step time", "base"] > 0 and by.loc["step time", "n_base"] == untraced
     assert {"peak [region/carrier]", "peak [region/backward]", "peak [role/gradient]"} <= set(
         summary["metric"])
-    assert summary.loc[summary["metric"] == "step time", "noise_pct"].iloc[0] >= 10.0
+    assert summary.loc[summary["metric"] == "step time", "noise_pct"].iloc[0] >= 15.0
     md = (tmp_path / "report.md").read_text()
-    assert "t = max(10%, 2 x the larger within-run drift" in md
+    assert "t = max(15%, 2 x the larger within-run drift" in md
     assert re.search(r"^\| (\*\*)?energy_flow\.[a-z_]+(\*\*)? \|", md, re.MULTILINE)
     assert "Memory growth verdict: base" in md
 
